@@ -1,0 +1,103 @@
+package graph
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sort"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/leadstream/leadstream/internal/apperr"
+	"github.com/leadstream/leadstream/internal/auth"
+	"github.com/leadstream/leadstream/internal/events"
+)
+
+// ErrorPresenter is the one place errors become GraphQL errors with the
+// contract's codes. Anything not known to be safe is INTERNAL with a
+// generic message; its details go to the log only.
+func ErrorPresenter(log *slog.Logger) graphql.ErrorPresenterFunc {
+	return func(ctx context.Context, err error) *gqlerror.Error {
+		gerr := graphql.DefaultErrorPresenter(ctx, err)
+		var inner *gqlerror.Error
+		if errors.As(err, &inner) && inner.Err == nil && inner.Extensions["code"] != nil {
+			return gerr // already presented
+		}
+		cause := err
+		if inner != nil && inner.Err != nil {
+			cause = inner.Err
+		} else if inner != nil {
+			// A parse or validation error from gqlgen itself: safe to show.
+			if gerr.Extensions == nil {
+				gerr.Extensions = map[string]any{}
+			}
+			if _, ok := gerr.Extensions["code"]; !ok {
+				gerr.Extensions["code"] = apperr.BadUserInput
+			}
+			return gerr
+		}
+		code, msg, ext := classify(cause)
+		if code == apperr.Internal {
+			log.Error("graphql: internal error", "path", gerr.Path.String(), "err", cause)
+		}
+		gerr.Message = msg
+		gerr.Extensions = map[string]any{"code": code}
+		for k, v := range ext {
+			gerr.Extensions[k] = v
+		}
+		return gerr
+	}
+}
+
+// classify maps an error to its code, its client-safe message and extensions.
+func classify(err error) (code, msg string, ext map[string]any) {
+	var slow *events.SlowError
+	switch {
+	case errors.As(err, &slow):
+		ext = map[string]any{}
+		if slow.LastCursor != "" {
+			ext["lastCursor"] = slow.LastCursor
+			ext["instanceId"] = slow.InstanceID
+		}
+		return apperr.SlowSubscriber, slow.Error(), ext
+	case errors.Is(err, auth.ErrUnauthenticated):
+		return apperr.Unauthenticated, auth.ErrUnauthenticated.Error(), nil
+	case errors.Is(err, events.ErrAfterNeedsInstance):
+		return apperr.BadUserInput, "after needs instanceId: cursors are ordered within one instance", nil
+	case errors.Is(err, context.Canceled):
+		return apperr.Internal, "request cancelled", nil
+	}
+	if e, ok := apperr.As(err); ok {
+		ext = map[string]any{}
+		if len(e.Missing) > 0 {
+			ext["missing"] = e.Missing
+		}
+		if len(e.Invalid) > 0 {
+			keys := make([]string, 0, len(e.Invalid))
+			for k := range e.Invalid {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			inv := make([]map[string]string, 0, len(keys))
+			for _, k := range keys {
+				inv = append(inv, map[string]string{"key": k, "message": e.Invalid[k]})
+			}
+			ext["invalid"] = inv
+		}
+		for k, v := range e.Extra {
+			ext[k] = v
+		}
+		return e.Code, e.Message, ext
+	}
+	return apperr.Internal, "internal error", nil
+}
+
+// Authenticated returns the caller or UNAUTHENTICATED.
+func caller(ctx context.Context) (auth.Identity, error) {
+	id, ok := auth.FromContext(ctx)
+	if !ok {
+		return id, auth.ErrUnauthenticated
+	}
+	return id, nil
+}

@@ -1,0 +1,53 @@
+package graph
+
+import (
+	"encoding/json"
+
+	"github.com/leadstream/leadstream/graph/model"
+	"github.com/leadstream/leadstream/internal/connector"
+	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/store"
+)
+
+func (r *Resolver) instanceModel(in store.Instance, webhookSecret string) *model.Instance {
+	cfg, _ := json.Marshal(r.Instances.Redacted(in))
+	c, _ := r.Connectors.Get(in.ConnectorKey)
+	m := &model.Instance{
+		ID: in.ID, Name: in.Name, Connector: connectorModel(c), Configuration: events.JSON(cfg),
+		Tags: in.Tags, Valid: in.Valid, Disabled: in.Disabled,
+		WebhookURL: r.Instances.WebhookURL(in.ID, webhookSecret),
+		CreatedAt:  in.CreatedAt, UpdatedAt: in.UpdatedAt,
+	}
+	if m.Tags == nil {
+		m.Tags = []string{}
+	}
+	if e, ok := in.Get("event.notification.enabled"); ok && e.Value == "true" {
+		m.EventsEnabled = true
+	}
+	if in.InvalidReason != "" {
+		m.InvalidReason = &in.InvalidReason
+	}
+	return m
+}
+
+func connectorModel(c connector.Connector) *model.Connector {
+	return &model.Connector{
+		ID: c.ID, Key: c.Key, Name: c.Name, Description: c.Description, Image: c.Image,
+		Active: c.Active, TypeOauth: c.TypeOauth, ProvisionType: c.ProvisionType,
+	}
+}
+
+func pollerStatus(ps store.PollState) *model.PollerStatus {
+	m := &model.PollerStatus{LastPollAt: ps.LastPollAt, LastSuccessAt: ps.LastSuccessAt, EventsIngested: int(ps.EventsIngested)}
+	if ps.LastError != "" {
+		m.LastError = &ps.LastError
+	}
+	return m
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -1,0 +1,214 @@
+// Package app wires the gateway together: configuration, store, broker,
+// ingester, poller, notifier and the HTTP routes. New builds it, Run serves
+// until ctx ends and then drains, Close releases what New opened.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/leadstream/leadstream/internal/auth"
+	"github.com/leadstream/leadstream/internal/config"
+	"github.com/leadstream/leadstream/internal/connect"
+	"github.com/leadstream/leadstream/internal/connector"
+	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/instance"
+	"github.com/leadstream/leadstream/internal/marketo"
+	"github.com/leadstream/leadstream/internal/metrics"
+	"github.com/leadstream/leadstream/internal/notify"
+	"github.com/leadstream/leadstream/internal/poller"
+	"github.com/leadstream/leadstream/internal/secrets"
+	"github.com/leadstream/leadstream/internal/store"
+)
+
+// App is one running gateway.
+type App struct {
+	cfg       config.Config
+	log       *slog.Logger
+	stdout    io.Writer
+	store     *store.Store
+	box       *secrets.Box
+	auth      *auth.Authenticator
+	broker    *events.Broker
+	ingester  *events.Ingester
+	notifier  *notify.Notifier
+	poller    *poller.Poller
+	instances *instance.Service
+	connect   *connect.Service
+	conns     *connector.Registry
+	metrics   *metrics.Metrics
+	httpc     *http.Client
+
+	// streams is the parent of every subscription, ended at shutdown.
+	streams    context.Context
+	endStreams context.CancelFunc
+}
+
+// New opens the store and builds every part; nothing runs until Run.
+func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App, error) {
+	log := newLogger(cfg, stderr)
+	a := &App{cfg: cfg, log: log, stdout: stdout, conns: connector.Default(), metrics: metrics.New()}
+	a.streams, a.endStreams = context.WithCancel(context.Background())
+	a.httpc = &http.Client{Transport: &http.Transport{
+		Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 30 * time.Second,
+	}}
+	key := cfg.SecretKey
+	if key == nil {
+		var err error
+		if key, err = secrets.LoadOrCreateKey(cfg.DataDir); err != nil {
+			return nil, fmt.Errorf("app: %w", err)
+		}
+	}
+	box, err := secrets.NewBox(key)
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.box = box
+	st, err := store.Open(ctx, store.Options{URI: cfg.MongoURI, Database: cfg.MongoDatabase, DataDir: cfg.DataDir, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	a.store = st
+	a.auth = auth.New(st)
+	if err := a.auth.Bootstrap(ctx, cfg.OrgSecret, cfg.UserSecret, stdout); err != nil {
+		st.Close(context.Background())
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	verify := func(ctx context.Context, c marketo.Credentials) error {
+		return marketo.VerifyCredentials(ctx, c, a.httpc)
+	}
+	a.broker = events.NewBroker(256)
+	a.connect = connect.New(st, box, a.conns, cfg.PublicURL, verify, log)
+	a.instances = instance.NewService(st, box, a.conns, a.connect, verify, cfg.PublicURL, log, a.instanceChanged)
+	a.notifier = notify.New(st, a.instances, notify.Options{
+		RetryBase: cfg.NotifyRetryBase, HTTPClient: a.httpc, Logger: log, Observe: a.metrics.Delivery,
+	})
+	a.ingester = events.NewIngester(st, a.broker, events.IngesterOptions{
+		Logger: log,
+		Stored: func(evs []*events.Event) {
+			wake := false
+			for _, e := range evs {
+				a.metrics.Ingested(string(e.Source))
+				wake = wake || e.Delivery != nil
+			}
+			if wake {
+				a.notifier.Wake()
+			}
+		},
+	})
+	limits := marketo.NewLimits(marketo.DefaultMaxCalls, marketo.DefaultWindow, marketo.DefaultMaxConcurrent)
+	a.poller = poller.New(st, a.ingester, box, poller.Options{
+		MinInterval: cfg.PollerMinInterval, Limits: limits, Logger: log,
+		ClientOptions: marketo.Options{HTTPClient: a.httpc, Logger: log, Observe: a.metrics.MarketoCall},
+		ObservePoll:   a.metrics.Poll,
+	})
+	a.metrics.Subscriptions(a.broker.Count)
+	return a, nil
+}
+
+// instanceChanged makes every change take effect without a restart.
+func (a *App) instanceChanged(id string, in *store.Instance) {
+	switch {
+	case in == nil:
+		a.broker.EndInstance(id, errInstanceDeleted)
+	case in.Disabled:
+		a.broker.EndInstance(id, errInstanceDisabled)
+	}
+	a.poller.Refresh()
+}
+
+// Run serves HTTP and runs the poller and notifier until ctx ends, then
+// shuts down gracefully: no new requests, in-flight ones finish, queued
+// events are stored, and background work drains.
+func (a *App) Run(ctx context.Context, ready func(addr string)) error {
+	ln, err := net.Listen("tcp", a.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("app: listen on %s: %w", a.cfg.ListenAddr, err)
+	}
+	srv := &http.Server{
+		Handler:           a.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	var wg sync.WaitGroup
+	for name, run := range map[string]func(context.Context) error{
+		"poller": a.poller.Run, "notifier": a.notifier.Run, "cleanup": a.cleanup,
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(bg); err != nil && !errors.Is(err, context.Canceled) {
+				a.log.Error("background task stopped", "task", name, "err", err)
+			}
+		}()
+	}
+	a.log.Info("leadstream listening", "addr", ln.Addr().String(), "public_url", a.cfg.PublicURL, "graphiql", a.cfg.PublicURL+"/")
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		stopBG()
+		wg.Wait()
+		return fmt.Errorf("app: serve: %w", err)
+	case <-ctx.Done():
+	}
+	a.log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Subscriptions are long-lived: they end now, while ordinary requests
+	// (webhooks being stored) are left to finish.
+	a.endStreams()
+	if err := srv.Shutdown(sctx); err != nil {
+		a.log.Warn("http shutdown", "err", err)
+		_ = srv.Close()
+	}
+	stopBG()
+	wg.Wait()
+	a.ingester.Close()
+	return nil
+}
+
+// cleanup removes expired connect requests and codes; the embedded store
+// has no TTL indexes.
+func (a *App) cleanup(ctx context.Context) error {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		if err := a.store.DeleteExpiredOAuth(ctx, time.Now().UTC()); err != nil && ctx.Err() == nil {
+			a.log.Warn("clean expired connect codes", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Close releases the store; call it after Run returned.
+func (a *App) Close() {
+	a.ingester.Close()
+	a.store.Close(context.Background())
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogJSON {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,158 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/99designs/gqlgen/graphql"
+	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/handler/extension"
+	"github.com/99designs/gqlgen/graphql/handler/lru"
+	"github.com/99designs/gqlgen/graphql/handler/transport"
+	"github.com/99designs/gqlgen/graphql/playground"
+	"github.com/gorilla/websocket"
+	"github.com/vektah/gqlparser/v2/ast"
+	"github.com/vektah/gqlparser/v2/gqlerror"
+
+	"github.com/leadstream/leadstream/graph"
+	"github.com/leadstream/leadstream/internal/apperr"
+	"github.com/leadstream/leadstream/internal/auth"
+	"github.com/leadstream/leadstream/internal/gorillaws"
+	"github.com/leadstream/leadstream/internal/webhook"
+)
+
+var (
+	errInstanceDeleted  = apperr.New(apperr.Ended, "the instance was deleted")
+	errInstanceDisabled = apperr.New(apperr.Ended, "the instance was disabled")
+)
+
+// Handler lists every route of the gateway.
+func (a *App) Handler() http.Handler {
+	mux := http.NewServeMux()
+	gql := a.graphqlHandler()
+	mux.Handle("/graphql", a.requireAuth(gql))
+	mux.Handle("GET /{$}", playground.Handler("Leadstream", "/graphql",
+		playground.WithGraphiqlUiHeaders(map[string]string{"Authorization": "User <USER_SECRET>, Organization <ORGANIZATION_SECRET>"})))
+	mux.Handle("/oauth/marketo/authorize", a.connect.Page())
+	mux.Handle("/events/marketo/{id}", webhook.Handler(a.instances, a.ingester, a.log, a.metrics.Webhook))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := a.store.Ping(ctx); err != nil {
+			a.log.Warn("readiness: store unreachable", "err", err)
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "store unreachable"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", a.metrics.Handler())
+	return mux
+}
+
+func (a *App) graphqlHandler() http.Handler {
+	res := &graph.Resolver{
+		Connectors: a.conns, Connect: a.connect, Instances: a.instances,
+		Store: a.store, Broker: a.broker, Poller: a.poller, Log: a.log,
+	}
+	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: res}))
+	present := graph.ErrorPresenter(a.log)
+	ws := gorillaws.New(gorillaws.WithUpgrader(websocket.Upgrader{
+		// Credentials travel in connection_init, never in cookies, so a
+		// cross-origin page gains nothing from opening a socket.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}))
+	srv.AddTransport(transport.Websocket{
+		Implementation:        ws,
+		InitFunc:              a.wsInit,
+		InitTimeout:           10 * time.Second,
+		KeepAlivePingInterval: 15 * time.Second,
+		PingPongInterval:      30 * time.Second,
+	})
+	srv.AddTransport(transport.Options{})
+	srv.AddTransport(transport.SSE{})
+	srv.AddTransport(transport.GET{})
+	srv.AddTransport(transport.POST{})
+	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	srv.Use(extension.Introspection{})
+	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](100)})
+	srv.SetErrorPresenter(present)
+	srv.AroundOperations(graph.StreamErrors(present))
+	srv.SetRecoverFunc(func(ctx context.Context, p any) error {
+		a.log.Error("graphql: panic", "panic", p)
+		return errors.New("internal error")
+	})
+	return srv
+}
+
+// wsInit authenticates a websocket in connection_init (or from the upgrade
+// request's header); a refusal closes it with 4401 so clients stop retrying.
+func (a *App) wsInit(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
+	h := p.Authorization()
+	if h == "" {
+		h, _ = ctx.Value(upgradeAuthKey{}).(string)
+	}
+	id, err := a.auth.Authenticate(ctx, h)
+	if err != nil {
+		if !errors.Is(err, auth.ErrUnauthenticated) {
+			a.log.Error("websocket auth", "err", err)
+		}
+		ctx = transport.WithWebsocketCloseCode(ctx, 4401)
+		ctx = transport.AppendCloseReason(ctx, "unauthenticated")
+		return ctx, nil, auth.ErrUnauthenticated
+	}
+	return auth.WithIdentity(ctx, id), nil, nil
+}
+
+type upgradeAuthKey struct{}
+
+// requireAuth authenticates every GraphQL request. Websocket upgrades are
+// authenticated in connection_init instead. Subscriptions (websocket and
+// SSE) are tied to the app's streams context so shutdown can end them.
+func (a *App) requireAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodOptions {
+			next.ServeHTTP(w, r)
+			return
+		}
+		isWS := strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+		isStream := isWS || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+		ctx := r.Context()
+		if isStream {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(ctx)
+			defer cancel()
+			stop := context.AfterFunc(a.streams, cancel)
+			defer stop()
+		}
+		if isWS {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, upgradeAuthKey{}, r.Header.Get("Authorization"))))
+			return
+		}
+		id, err := a.auth.Authenticate(ctx, r.Header.Get("Authorization"))
+		if err != nil {
+			code, status := apperr.Unauthenticated, http.StatusUnauthorized
+			msg := auth.ErrUnauthenticated.Error()
+			if !errors.Is(err, auth.ErrUnauthenticated) {
+				a.log.Error("graphql auth", "err", err)
+				code, status, msg = apperr.Internal, http.StatusInternalServerError, "internal error"
+			}
+			w.Header().Set("WWW-Authenticate", `User realm="leadstream", Organization`)
+			writeJSON(w, status, graphql.Response{Errors: []*gqlerror.Error{{Message: msg, Extensions: map[string]any{"code": code}}}})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(auth.WithIdentity(ctx, id)))
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,129 @@
+// Package config loads the gateway's settings from the environment, once, at start-up.
+package config
+
+import (
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is every setting the gateway reads from its environment.
+type Config struct {
+	ListenAddr        string
+	PublicURL         string
+	DataDir           string
+	MongoURI          string
+	MongoDatabase     string
+	SecretKey         []byte // nil: generated into DataDir
+	OrgSecret         string
+	UserSecret        string
+	PollerMinInterval time.Duration
+	NotifyRetryBase   time.Duration
+	LogLevel          slog.Level
+	LogJSON           bool
+}
+
+// Load reads the configuration through getenv. A bad value is reported as an
+// error naming the variable and what is wrong with it, so start-up can stop
+// with one clear line.
+func Load(getenv func(string) string) (Config, error) {
+	c := Config{
+		DataDir:           "./data",
+		MongoDatabase:     "leadstream",
+		PollerMinInterval: 30 * time.Second,
+		NotifyRetryBase:   4 * time.Second,
+	}
+	port := "8080"
+	if v := getenv("PORT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 65535 {
+			return c, fmt.Errorf("config: PORT=%q is not a port number (0-65535)", v)
+		}
+		port = v
+	}
+	c.ListenAddr = ":" + port
+	if v := getenv("LISTEN_ADDR"); v != "" {
+		if !strings.Contains(v, ":") {
+			return c, fmt.Errorf("config: LISTEN_ADDR=%q is not host:port", v)
+		}
+		c.ListenAddr = v
+	}
+	c.PublicURL = "http://localhost:" + port
+	if v := getenv("PUBLIC_URL"); v != "" {
+		u, err := url.Parse(v)
+		if err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return c, fmt.Errorf("config: PUBLIC_URL=%q is not an absolute http(s) URL", v)
+		}
+		c.PublicURL = v
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if v := getenv("DATA_DIR"); v != "" {
+		c.DataDir = v
+	}
+	c.MongoURI = getenv("MONGODB_URI")
+	if c.MongoURI != "" && !strings.HasPrefix(c.MongoURI, "mongodb://") && !strings.HasPrefix(c.MongoURI, "mongodb+srv://") {
+		return c, fmt.Errorf("config: MONGODB_URI must start with mongodb:// or mongodb+srv://")
+	}
+	if v := getenv("MONGODB_DATABASE"); v != "" {
+		c.MongoDatabase = v
+	}
+	if v := getenv("SECRET_KEY"); v != "" {
+		k, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			k, err = base64.RawStdEncoding.DecodeString(v)
+		}
+		if err != nil || len(k) != 32 {
+			return c, fmt.Errorf("config: SECRET_KEY must be 32 bytes in base64 (openssl rand -base64 32)")
+		}
+		c.SecretKey = k
+	} else if c.MongoURI != "" {
+		return c, fmt.Errorf("config: SECRET_KEY is required when MONGODB_URI is set (openssl rand -base64 32)")
+	}
+	c.OrgSecret, c.UserSecret = getenv("ORGANIZATION_SECRET"), getenv("USER_SECRET")
+	if (c.OrgSecret == "") != (c.UserSecret == "") {
+		return c, fmt.Errorf("config: ORGANIZATION_SECRET and USER_SECRET must be set together")
+	}
+	var err error
+	if c.PollerMinInterval, err = duration(getenv, "POLLER_MIN_INTERVAL", c.PollerMinInterval); err != nil {
+		return c, err
+	}
+	if c.NotifyRetryBase, err = duration(getenv, "NOTIFY_RETRY_BASE", c.NotifyRetryBase); err != nil {
+		return c, err
+	}
+	switch v := strings.ToLower(getenv("LOG_LEVEL")); v {
+	case "", "info":
+		c.LogLevel = slog.LevelInfo
+	case "debug":
+		c.LogLevel = slog.LevelDebug
+	case "warn", "warning":
+		c.LogLevel = slog.LevelWarn
+	case "error":
+		c.LogLevel = slog.LevelError
+	default:
+		return c, fmt.Errorf("config: LOG_LEVEL=%q is not one of debug, info, warn, error", v)
+	}
+	switch v := strings.ToLower(getenv("LOG_FORMAT")); v {
+	case "", "text":
+	case "json":
+		c.LogJSON = true
+	default:
+		return c, fmt.Errorf("config: LOG_FORMAT=%q is not text or json", v)
+	}
+	return c, nil
+}
+
+func duration(getenv func(string) string, name string, def time.Duration) (time.Duration, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return def, fmt.Errorf("config: %s=%q is not a positive duration such as 30s", name, v)
+	}
+	return d, nil
+}

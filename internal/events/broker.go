@@ -1,0 +1,187 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// ErrSlowSubscriber ends a subscription that fell behind its buffer. The
+// error that ends it names the last cursor delivered, so the client resumes
+// with `after` and loses nothing.
+var ErrSlowSubscriber = errors.New("events: subscriber fell behind")
+
+// SlowError says which cursor a slow subscriber received last.
+type SlowError struct {
+	InstanceID string // of the last event delivered ("" when none was)
+	LastCursor string // "" when none was delivered
+}
+
+func (e *SlowError) Error() string {
+	if e.LastCursor == "" {
+		return "subscriber fell behind before receiving any event; subscribe again"
+	}
+	return fmt.Sprintf("subscriber fell behind; resubscribe with after: %q to continue without loss", e.LastCursor)
+}
+
+// Is makes a *SlowError match ErrSlowSubscriber.
+func (e *SlowError) Is(target error) bool { return target == ErrSlowSubscriber }
+
+// Broker fans published events out to live subscriptions. Publishing never
+// blocks: a subscriber whose buffer is full is ended instead. The in-process
+// Broker is the default; a NATS one can take its place behind Publisher and
+// Subscriber when replicas must share live events.
+type Broker struct {
+	mu         sync.Mutex
+	byInstance map[string]map[*Subscription]struct{}
+	byOrg      map[string]map[*Subscription]struct{}
+	bufSize    int
+}
+
+// NewBroker returns a broker whose subscriptions buffer bufSize events.
+func NewBroker(bufSize int) *Broker {
+	if bufSize < 1 {
+		bufSize = 256
+	}
+	return &Broker{
+		byInstance: map[string]map[*Subscription]struct{}{},
+		byOrg:      map[string]map[*Subscription]struct{}{},
+		bufSize:    bufSize,
+	}
+}
+
+// Filter chooses the events a subscription gets: one instance of an
+// organization, or every instance of it when InstanceID is empty.
+type Filter struct {
+	OrgID      string
+	InstanceID string
+}
+
+// Subscription is one live consumer. C yields events; a nil value means the
+// subscription ended with Err; a closed C means it ended.
+type Subscription struct {
+	C      <-chan *Event
+	ch     chan *Event
+	broker *Broker
+	filter Filter
+	err    error // set once, under broker.mu, before the nil is sent
+	closed bool
+	// lastSeq/lastInstance are the last event handed to the buffer, for
+	// the slow-subscriber error (the buffer is drained before it shows).
+	lastSeq      int64
+	lastInstance string
+}
+
+// Subscribe registers a subscription. Close it when done.
+func (b *Broker) Subscribe(f Filter) *Subscription {
+	// One slot more than the buffer is kept free for the ending nil.
+	ch := make(chan *Event, b.bufSize+1)
+	s := &Subscription{C: ch, ch: ch, broker: b, filter: f}
+	b.mu.Lock()
+	m, key := b.byOrg, f.OrgID
+	if f.InstanceID != "" {
+		m, key = b.byInstance, f.InstanceID
+	}
+	if m[key] == nil {
+		m[key] = map[*Subscription]struct{}{}
+	}
+	m[key][s] = struct{}{}
+	b.mu.Unlock()
+	return s
+}
+
+// Err is why the subscription ended, nil while it runs or if it was closed.
+func (s *Subscription) Err() error {
+	s.broker.mu.Lock()
+	defer s.broker.mu.Unlock()
+	return s.err
+}
+
+// Close ends the subscription and frees it.
+func (s *Subscription) Close() {
+	s.broker.mu.Lock()
+	defer s.broker.mu.Unlock()
+	s.endLocked(nil)
+}
+
+func (s *Subscription) endLocked(err error) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	m, key := s.broker.byOrg, s.filter.OrgID
+	if s.filter.InstanceID != "" {
+		m, key = s.broker.byInstance, s.filter.InstanceID
+	}
+	delete(m[key], s)
+	if len(m[key]) == 0 {
+		delete(m, key)
+	}
+	if err != nil {
+		s.err = err
+		s.ch <- nil // the reserved slot: never blocks
+	}
+	close(s.ch)
+}
+
+// Publish hands e to every matching subscription without blocking.
+func (b *Broker) Publish(e *Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.publishLocked(e)
+}
+
+// PublishAll hands several events over under one lock, in order.
+func (b *Broker) PublishAll(evs []*Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, e := range evs {
+		b.publishLocked(e)
+	}
+}
+
+func (b *Broker) publishLocked(e *Event) {
+	for s := range b.byInstance[e.InstanceID] {
+		b.offer(s, e)
+	}
+	for s := range b.byOrg[e.OrgID] {
+		b.offer(s, e)
+	}
+}
+
+func (b *Broker) offer(s *Subscription, e *Event) {
+	if len(s.ch) >= b.bufSize {
+		cur := ""
+		if s.lastSeq > 0 {
+			cur = FormatCursor(s.lastSeq)
+		}
+		s.endLocked(&SlowError{InstanceID: s.lastInstance, LastCursor: cur})
+		return
+	}
+	s.ch <- e
+	s.lastSeq, s.lastInstance = e.Seq, e.InstanceID
+}
+
+// EndInstance ends every subscription of one instance with err (deleted or
+// disabled instances).
+func (b *Broker) EndInstance(instanceID string, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.byInstance[instanceID] {
+		s.endLocked(err)
+	}
+}
+
+// Count returns the number of live subscriptions.
+func (b *Broker) Count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, m := range b.byInstance {
+		n += len(m)
+	}
+	for _, m := range b.byOrg {
+		n += len(m)
+	}
+	return n
+}

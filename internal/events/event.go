@@ -1,0 +1,164 @@
+// Package events holds the event model, the ingest path (store, then publish)
+// and the in-process broker that fans events out to live subscriptions.
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+)
+
+// Source says where an event came from.
+type Source string
+
+// Event sources, as the GraphQL enum EventSource names them.
+const (
+	SourcePoller  Source = "POLLER"
+	SourceWebhook Source = "WEBHOOK"
+)
+
+// MarshalGQL writes the enum value.
+func (s Source) MarshalGQL(w io.Writer) { _, _ = io.WriteString(w, strconv.Quote(string(s))) }
+
+// UnmarshalGQL reads the enum value.
+func (s *Source) UnmarshalGQL(v any) error {
+	str, ok := v.(string)
+	if !ok || (Source(str) != SourcePoller && Source(str) != SourceWebhook) {
+		return fmt.Errorf("events: %v is not a valid EventSource", v)
+	}
+	*s = Source(str)
+	return nil
+}
+
+// DeliveryState is where an event's callback delivery stands.
+type DeliveryState string
+
+// Delivery states, as the GraphQL enum DeliveryState names them.
+const (
+	DeliveryPending   DeliveryState = "PENDING"
+	DeliveryDelivered DeliveryState = "DELIVERED"
+	DeliveryFailed    DeliveryState = "FAILED"
+)
+
+// MarshalGQL writes the enum value.
+func (s DeliveryState) MarshalGQL(w io.Writer) { _, _ = io.WriteString(w, strconv.Quote(string(s))) }
+
+// UnmarshalGQL reads the enum value.
+func (s *DeliveryState) UnmarshalGQL(v any) error {
+	str, ok := v.(string)
+	switch DeliveryState(str) {
+	case DeliveryPending, DeliveryDelivered, DeliveryFailed:
+		if ok {
+			*s = DeliveryState(str)
+			return nil
+		}
+	}
+	return fmt.Errorf("events: %v is not a valid DeliveryState", v)
+}
+
+// JSON is a JSON value kept as the exact bytes it arrived as, so a webhook
+// body reaches subscribers byte for byte.
+type JSON []byte
+
+// MarshalGQL writes the raw bytes.
+func (j JSON) MarshalGQL(w io.Writer) {
+	if len(j) == 0 {
+		_, _ = io.WriteString(w, "null")
+		return
+	}
+	_, _ = w.Write(j)
+}
+
+// UnmarshalGQL turns a GraphQL input value back into JSON bytes.
+func (j *JSON) UnmarshalGQL(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("events: JSON value: %w", err)
+	}
+	*j = b
+	return nil
+}
+
+// MarshalJSON keeps the bytes as they are.
+func (j JSON) MarshalJSON() ([]byte, error) {
+	if len(j) == 0 {
+		return []byte("null"), nil
+	}
+	return j, nil
+}
+
+// Delivery is the callback delivery state stored with an event; the notifier
+// is its only writer.
+type Delivery struct {
+	State         DeliveryState `bson:"state" json:"state"`
+	Attempts      int           `bson:"attempts" json:"attempts"`
+	NextAttemptAt *time.Time    `bson:"nextAttemptAt,omitempty" json:"nextAttemptAt,omitempty"`
+	LastError     *string       `bson:"lastError,omitempty" json:"lastError,omitempty"`
+	DeliveredAt   *time.Time    `bson:"deliveredAt,omitempty" json:"deliveredAt,omitempty"`
+}
+
+// Attempt records one POST of an event to a callback URL.
+type Attempt struct {
+	ID         string    `bson:"_id" json:"-"`
+	EventID    string    `bson:"eventId" json:"eventId"`
+	InstanceID string    `bson:"instanceId" json:"instanceId"`
+	Attempt    int       `bson:"attempt" json:"attempt"`
+	At         time.Time `bson:"at" json:"at"`
+	StatusCode *int      `bson:"statusCode,omitempty" json:"statusCode,omitempty"`
+	Error      *string   `bson:"error,omitempty" json:"error,omitempty"`
+	DurationMs int       `bson:"durationMs" json:"durationMs"`
+}
+
+// Event is one Marketo event of one instance, as stored and as streamed.
+type Event struct {
+	ID         string    `bson:"_id"`
+	InstanceID string    `bson:"instanceId"`
+	OrgID      string    `bson:"orgId"`
+	Seq        int64     `bson:"seq"`
+	DedupeKey  string    `bson:"dedupeKey"`
+	Source     Source    `bson:"source"`
+	EventType  string    `bson:"eventType"`
+	ObjectType string    `bson:"objectType"`
+	ObjectID   *string   `bson:"objectId,omitempty"`
+	OccurredAt time.Time `bson:"occurredAt"`
+	ReceivedAt time.Time `bson:"receivedAt"`
+	Payload    JSON      `bson:"payload"`
+	Delivery   *Delivery `bson:"delivery,omitempty"`
+}
+
+// Cursor is the event's opaque position within its instance.
+func (e *Event) Cursor() string { return FormatCursor(e.Seq) }
+
+// FormatCursor turns a sequence number into a cursor.
+func FormatCursor(seq int64) string { return strconv.FormatInt(seq, 10) }
+
+// ParseCursor turns a cursor back into a sequence number; "" means the start.
+func ParseCursor(c string) (int64, error) {
+	if c == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(c, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("events: %q is not a cursor", c)
+	}
+	return n, nil
+}
+
+// MarshalJSON renders the event as the GraphQL MarketoEvent type, which is
+// what callback URLs receive.
+func (e *Event) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		ID         string    `json:"id"`
+		Cursor     string    `json:"cursor"`
+		InstanceID string    `json:"instanceId"`
+		Source     Source    `json:"source"`
+		EventType  string    `json:"eventType"`
+		ObjectType string    `json:"objectType"`
+		ObjectID   *string   `json:"objectId"`
+		OccurredAt time.Time `json:"occurredAt"`
+		ReceivedAt time.Time `json:"receivedAt"`
+		Payload    JSON      `json:"payload"`
+	}{e.ID, e.Cursor(), e.InstanceID, e.Source, e.EventType, e.ObjectType, e.ObjectID, e.OccurredAt, e.ReceivedAt, e.Payload})
+}

@@ -1,0 +1,378 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// ErrClosed means the ingester has stopped and takes no more events.
+var ErrClosed = errors.New("events: ingester closed")
+
+// ErrDuplicateKey is what Store.InsertEvents reports for an event whose
+// sequence number or dedupe key is taken.
+var ErrDuplicateKey = errors.New("events: duplicate key")
+
+// Draft is an event before it is stored: what a source knows.
+type Draft struct {
+	InstanceID string
+	OrgID      string
+	Source     Source
+	DedupeKey  string // Marketo's marketoGUID; "" gives a fresh one
+	EventType  string
+	ObjectType string
+	ObjectID   *string
+	OccurredAt time.Time
+	Payload    JSON
+	Notify     bool // the instance has a callback URL: queue a delivery
+}
+
+// Result is the outcome of one draft.
+type Result struct {
+	Event     *Event
+	Duplicate bool // already stored before; Event is the stored one
+	Err       error
+}
+
+// Store is what ingest needs from the database.
+type Store interface {
+	// InsertEvents reports, per event, nil or an error matching ErrDuplicateKey.
+	InsertEvents(ctx context.Context, evs []*Event) ([]error, error)
+	EventsByDedupeKey(ctx context.Context, instanceID string, keys []string) ([]*Event, error)
+	MaxSeq(ctx context.Context, instanceID string) (int64, error)
+}
+
+// Publisher receives stored events in cursor order.
+type Publisher interface {
+	PublishAll(evs []*Event)
+}
+
+// IngesterOptions tunes the ingester.
+type IngesterOptions struct {
+	Shards   int // writers; an instance always goes to the same one (default 2)
+	MaxBatch int // events per database write (default 500)
+	Logger   *slog.Logger
+	// Stored is called after each batch with the new events (for example to
+	// wake the notifier); it must not block.
+	Stored func(evs []*Event)
+}
+
+// Ingester stores events once, with a per-instance increasing cursor, then
+// publishes them. Each instance has one writer goroutine in the process (its
+// shard), because the embedded store loses concurrent counter updates; the
+// unique (instanceId, seq) index is the safety net across replicas. Writers
+// batch whatever arrived while the previous write ran (group commit).
+type Ingester struct {
+	store  Store
+	pub    Publisher
+	opts   IngesterOptions
+	shards []chan *request
+	wg     sync.WaitGroup
+	mu     sync.RWMutex
+	closed bool
+	stop   chan struct{}
+}
+
+type request struct {
+	ctx     context.Context
+	drafts  []Draft
+	results []Result
+	done    chan struct{}
+}
+
+// NewIngester starts the writers; Close stops them after draining.
+func NewIngester(s Store, pub Publisher, o IngesterOptions) *Ingester {
+	if o.Shards < 1 {
+		o.Shards = 2
+	}
+	if o.MaxBatch < 1 {
+		o.MaxBatch = 500
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	in := &Ingester{store: s, pub: pub, opts: o, stop: make(chan struct{})}
+	for range o.Shards {
+		ch := make(chan *request, 1024)
+		in.shards = append(in.shards, ch)
+		in.wg.Add(1)
+		go in.writer(ch)
+	}
+	return in
+}
+
+// Close stops taking events, finishes what was queued, and returns.
+func (in *Ingester) Close() {
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		return
+	}
+	in.closed = true
+	for _, ch := range in.shards {
+		close(ch)
+	}
+	in.mu.Unlock()
+	in.wg.Wait()
+}
+
+// Ingest stores one event and publishes it.
+func (in *Ingester) Ingest(ctx context.Context, d Draft) (Result, error) {
+	rs, err := in.IngestAll(ctx, []Draft{d})
+	if err != nil {
+		return Result{}, err
+	}
+	return rs[0], rs[0].Err
+}
+
+// IngestAll stores drafts of one instance in order and publishes them. It
+// returns when every draft is stored (or failed), so a caller acknowledges
+// only what is durable.
+func (in *Ingester) IngestAll(ctx context.Context, drafts []Draft) ([]Result, error) {
+	if len(drafts) == 0 {
+		return nil, nil
+	}
+	for _, d := range drafts[1:] {
+		if d.InstanceID != drafts[0].InstanceID {
+			return nil, errors.New("events: IngestAll takes drafts of one instance")
+		}
+	}
+	r := &request{ctx: ctx, drafts: drafts, results: make([]Result, len(drafts)), done: make(chan struct{})}
+	in.mu.RLock()
+	if in.closed {
+		in.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	h := fnv.New32a()
+	h.Write([]byte(drafts[0].InstanceID))
+	ch := in.shards[int(h.Sum32())%len(in.shards)]
+	select {
+	case ch <- r:
+	case <-ctx.Done():
+		in.mu.RUnlock()
+		return nil, ctx.Err()
+	}
+	in.mu.RUnlock()
+	// Once queued, the request is finished even if ctx ends, so that
+	// nothing half-stored is left behind; we only stop waiting.
+	select {
+	case <-r.done:
+		return r.results, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (in *Ingester) writer(ch chan *request) {
+	defer in.wg.Done()
+	w := &shardWriter{in: in, lastSeq: map[string]int64{}}
+	for r := range ch {
+		batch := []*request{r}
+		n := len(r.drafts)
+	drain:
+		for n < in.opts.MaxBatch {
+			select {
+			case r2, ok := <-ch:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r2)
+				n += len(r2.drafts)
+			default:
+				break drain
+			}
+		}
+		w.write(batch)
+	}
+}
+
+type shardWriter struct {
+	in      *Ingester
+	lastSeq map[string]int64 // per instance, owned by this goroutine
+}
+
+// slot ties a draft to its request and position.
+type slot struct {
+	r   *request
+	i   int
+	ev  *Event
+	key string
+}
+
+func (w *shardWriter) write(batch []*request) {
+	// The writer outlives callers' contexts: a queued event is stored even
+	// if its caller stopped waiting.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	now := time.Now().UTC()
+
+	var pending []*slot
+	byKey := map[[2]string]*slot{} // first slot of each key in this batch
+	keysOf := map[string][]string{}
+	for _, r := range batch {
+		for i, d := range r.drafts {
+			key := d.DedupeKey
+			if key == "" {
+				key = "gen:" + uuid.NewString()
+			}
+			s := &slot{r: r, i: i, key: key}
+			pending = append(pending, s)
+			k := [2]string{d.InstanceID, key}
+			if _, seen := byKey[k]; seen {
+				continue // a repeat within the batch, answered at the end
+			}
+			byKey[k] = s
+			if d.DedupeKey != "" {
+				keysOf[d.InstanceID] = append(keysOf[d.InstanceID], key)
+			}
+		}
+	}
+	// Already stored (a repeated page, a crash replay): answer with the stored event.
+	existing := map[[2]string]*Event{}
+	for inst, keys := range keysOf {
+		evs, err := w.in.store.EventsByDedupeKey(ctx, inst, keys)
+		if err != nil {
+			w.failAll(batch, err)
+			return
+		}
+		for _, e := range evs {
+			existing[[2]string{inst, e.DedupeKey}] = e
+		}
+	}
+	var toInsert []*slot
+	for _, s := range pending {
+		d := s.r.drafts[s.i]
+		k := [2]string{d.InstanceID, s.key}
+		if e, ok := existing[k]; ok {
+			s.r.results[s.i] = Result{Event: e, Duplicate: true}
+			continue
+		}
+		if byKey[k] != s {
+			continue // in-batch repeat, answered below
+		}
+		s.ev = &Event{
+			ID: uuid.NewString(), InstanceID: d.InstanceID, OrgID: d.OrgID, DedupeKey: s.key,
+			Source: d.Source, EventType: d.EventType, ObjectType: d.ObjectType, ObjectID: d.ObjectID,
+			OccurredAt: d.OccurredAt.UTC(), ReceivedAt: now, Payload: d.Payload,
+		}
+		if s.ev.OccurredAt.IsZero() {
+			s.ev.OccurredAt = now
+		}
+		if d.Notify {
+			s.ev.Delivery = &Delivery{State: DeliveryPending, NextAttemptAt: &now}
+		}
+		toInsert = append(toInsert, s)
+	}
+
+	var stored []*Event
+	for attempt := 0; len(toInsert) > 0; attempt++ {
+		if attempt == 5 {
+			w.failSlots(toInsert, errors.New("events: could not take a sequence number after 5 tries"))
+			break
+		}
+		if err := w.assignSeqs(ctx, toInsert); err != nil {
+			w.failSlots(toInsert, err)
+			break
+		}
+		evs := make([]*Event, len(toInsert))
+		for i, s := range toInsert {
+			evs[i] = s.ev
+		}
+		errs, err := w.in.store.InsertEvents(ctx, evs)
+		if err != nil {
+			// Unknown outcome: forget cached sequences so the next write rereads them.
+			clear(w.lastSeq)
+			w.failSlots(toInsert, fmt.Errorf("events: store: %w", err))
+			break
+		}
+		var retry []*slot
+		for i, s := range toInsert {
+			switch {
+			case errs[i] == nil:
+				s.r.results[s.i] = Result{Event: s.ev}
+				stored = append(stored, s.ev)
+			case errors.Is(errs[i], ErrDuplicateKey):
+				retry = append(retry, s)
+			default:
+				s.r.results[s.i] = Result{Err: fmt.Errorf("events: store: %w", errs[i])}
+			}
+		}
+		if len(retry) == 0 {
+			break
+		}
+		// Another writer (a replica) took a sequence number, or stored the
+		// same dedupe key: look again.
+		toInsert = nil
+		for _, s := range retry {
+			delete(w.lastSeq, s.ev.InstanceID)
+			evs, err := w.in.store.EventsByDedupeKey(ctx, s.ev.InstanceID, []string{s.key})
+			if err == nil && len(evs) == 1 {
+				s.r.results[s.i] = Result{Event: evs[0], Duplicate: true}
+				continue
+			}
+			toInsert = append(toInsert, s)
+		}
+	}
+	// In-batch repeats point at the first occurrence's outcome.
+	for _, s := range pending {
+		d := s.r.drafts[s.i]
+		if first := byKey[[2]string{d.InstanceID, s.key}]; first != s && first != nil {
+			res := first.r.results[first.i]
+			res.Duplicate = res.Err == nil
+			s.r.results[s.i] = res
+		}
+	}
+	if len(stored) > 0 {
+		if w.in.pub != nil {
+			w.in.pub.PublishAll(stored)
+		}
+		if w.in.opts.Stored != nil {
+			w.in.opts.Stored(stored)
+		}
+	}
+	for _, r := range batch {
+		close(r.done)
+	}
+}
+
+// assignSeqs gives each slot the next sequence number of its instance, in
+// the order the drafts arrived.
+func (w *shardWriter) assignSeqs(ctx context.Context, slots []*slot) error {
+	for _, s := range slots {
+		inst := s.ev.InstanceID
+		last, ok := w.lastSeq[inst]
+		if !ok {
+			var err error
+			if last, err = w.in.store.MaxSeq(ctx, inst); err != nil {
+				return fmt.Errorf("events: %w", err)
+			}
+		}
+		last++
+		s.ev.Seq = last
+		w.lastSeq[inst] = last
+	}
+	return nil
+}
+
+func (w *shardWriter) failSlots(slots []*slot, err error) {
+	w.in.opts.Logger.Error("ingest failed", "err", err, "events", len(slots))
+	for _, s := range slots {
+		s.r.results[s.i] = Result{Err: err}
+	}
+}
+
+func (w *shardWriter) failAll(batch []*request, err error) {
+	w.in.opts.Logger.Error("ingest failed", "err", err)
+	for _, r := range batch {
+		for i := range r.results {
+			r.results[i] = Result{Err: fmt.Errorf("events: %w", err)}
+		}
+		close(r.done)
+	}
+}

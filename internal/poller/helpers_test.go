@@ -1,0 +1,269 @@
+package poller_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/instance"
+	"github.com/leadstream/leadstream/internal/marketo"
+	"github.com/leadstream/leadstream/internal/marketo/marketotest"
+	"github.com/leadstream/leadstream/internal/poller"
+	"github.com/leadstream/leadstream/internal/secrets"
+	"github.com/leadstream/leadstream/internal/store"
+	"github.com/leadstream/leadstream/internal/store/storetest"
+)
+
+const (
+	orgID        = "org-1"
+	testInterval = 50 * time.Millisecond
+	activities   = "/rest/v1/activities.json"
+	typesPath    = "/rest/v1/activities/types.json"
+)
+
+// env is one test's world: a fake Marketo, an embedded store, and the real
+// ingest path (ingester and broker).
+type env struct {
+	t      *testing.T
+	fake   *marketotest.Server
+	st     *store.Store
+	box    *secrets.Box
+	broker *events.Broker
+	ing    *events.Ingester
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	fake := marketotest.New()
+	t.Cleanup(fake.Close)
+	st := storetest.New(t)
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	box, err := secrets.NewBox(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	broker := events.NewBroker(100_000)
+	ing := events.NewIngester(st, broker, events.IngesterOptions{})
+	t.Cleanup(ing.Close)
+	return &env{t: t, fake: fake, st: st, box: box, broker: broker, ing: ing}
+}
+
+func secretOf(id string) string { return "s3cret-of-" + id }
+
+// addInstance stores a valid instance with events enabled, polled every
+// testInterval, whose credentials the fake accepts. mods adjust it.
+func (e *env) addInstance(id string, mods ...func(*store.Instance)) store.Instance {
+	e.t.Helper()
+	clientID := "client-" + id
+	e.fake.AddClient(clientID, secretOf(id))
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	in := store.Instance{
+		ID: id, OrgID: orgID, Name: id, ConnectorKey: "marketo", Tags: []string{},
+		Valid:     true,
+		CreatedAt: now.Add(-time.Hour), // before every activity of the test
+		UpdatedAt: now,
+		Config: []store.ConfigEntry{
+			{Key: instance.KeyAPIKey, Value: clientID},
+			{Key: instance.KeyAPISecret, Value: e.box.Seal(secretOf(id)), Sealed: true},
+			{Key: instance.KeyIdentityURL, Value: e.fake.IdentityURL()},
+			{Key: instance.KeyRESTURL, Value: e.fake.RESTURL()},
+			{Key: instance.KeyEventsEnabled, Value: "true"},
+			{Key: instance.KeyRefreshInterval, Value: testInterval.String()},
+		},
+	}
+	for _, m := range mods {
+		m(&in)
+	}
+	if err := e.st.InsertInstance(context.Background(), in); err != nil {
+		e.t.Fatal(err)
+	}
+	return in
+}
+
+// withConfig sets (or adds) a configuration key.
+func withConfig(key, value string) func(*store.Instance) {
+	return func(in *store.Instance) {
+		for i := range in.Config {
+			if in.Config[i].Key == key {
+				in.Config[i].Value = value
+				return
+			}
+		}
+		in.Config = append(in.Config, store.ConfigEntry{Key: key, Value: value})
+	}
+}
+
+// startPoller runs a poller with test speeds (50 ms floor, millisecond
+// backoff, no rate limits unless o says otherwise) until the returned stop
+// is called or the test ends.
+func (e *env) startPoller(o poller.Options) (*poller.Poller, func()) {
+	e.t.Helper()
+	if o.MinInterval == 0 {
+		o.MinInterval = testInterval
+	}
+	if o.Limits == nil {
+		o.Limits = marketo.NewLimits(0, 0, 0)
+	}
+	if o.ClientOptions.BackoffBase == 0 {
+		o.ClientOptions.BackoffBase = time.Millisecond
+	}
+	if o.ClientOptions.CallTimeout == 0 {
+		o.ClientOptions.CallTimeout = 5 * time.Second
+	}
+	p := poller.New(e.st, e.ing, e.box, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					e.t.Errorf("Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				e.t.Errorf("Run did not return 10 s after its context ended")
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	return p, stop
+}
+
+// stored returns every stored event of an instance, oldest first.
+func (e *env) stored(instanceID string) []*events.Event {
+	e.t.Helper()
+	evs, err := e.st.EventsAfter(context.Background(), orgID, instanceID, 0, 1_000_000)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return evs
+}
+
+func (e *env) pollState(instanceID string) store.PollState {
+	e.t.Helper()
+	ps, err := e.st.PollState(context.Background(), instanceID)
+	if err != nil {
+		e.t.Fatalf("poll state of %s: %v", instanceID, err)
+	}
+	return ps
+}
+
+// waitStored waits until an instance has n stored events.
+func (e *env) waitStored(instanceID string, n int, timeout time.Duration) {
+	e.t.Helper()
+	eventually(e.t, timeout, func() (bool, string) {
+		got := len(e.stored(instanceID))
+		return got == n, fmt.Sprintf("%s has %d stored events, want %d", instanceID, got, n)
+	})
+}
+
+// eventually retries cond every 10 ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkGapFree checks that evs are exactly cursors 1..n with distinct
+// dedupe keys: nothing lost, nothing stored twice.
+func checkGapFree(t *testing.T, evs []*events.Event, n int) {
+	t.Helper()
+	if len(evs) != n {
+		t.Fatalf("%d stored events, want %d", len(evs), n)
+	}
+	keys := map[string]bool{}
+	for i, ev := range evs {
+		if ev.Seq != int64(i+1) {
+			t.Fatalf("event %d has cursor %d, want %d", i, ev.Seq, i+1)
+		}
+		if keys[ev.DedupeKey] {
+			t.Fatalf("dedupe key %s stored twice", ev.DedupeKey)
+		}
+		keys[ev.DedupeKey] = true
+	}
+}
+
+// addLeadActivities appends n lead activities (New Lead, Change Data
+// Value, Delete Lead in turn).
+func addLeadActivities(fake *marketotest.Server, n int) []marketotest.Activity {
+	types := []int{marketotest.TypeNewLead, marketotest.TypeChangeDataValue, marketotest.TypeDeleteLead}
+	out := make([]marketotest.Activity, n)
+	for i := range n {
+		out[i] = fake.AddLeadActivity(types[i%len(types)], 1000+i)
+	}
+	return out
+}
+
+// pollLog records what ObservePoll reports, and the LastError stored by
+// each failed poll.
+type pollLog struct {
+	st *store.Store
+
+	mu         sync.Mutex
+	errs       []error
+	lastErrors []string
+	polls      int
+}
+
+func (l *pollLog) observe(id string, _ time.Duration, err error) {
+	var lastErr string
+	if err != nil {
+		ps, _ := l.st.PollState(context.Background(), id)
+		lastErr = ps.LastError
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.polls++
+	if err != nil {
+		l.errs = append(l.errs, err)
+		l.lastErrors = append(l.lastErrors, lastErr)
+	}
+}
+
+func (l *pollLog) snapshot() (polls int, errs []error, lastErrors []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.polls, append([]error(nil), l.errs...), append([]string(nil), l.lastErrors...)
+}
+
+func (l *pollLog) sawError(target error) bool {
+	_, errs, _ := l.snapshot()
+	for _, err := range errs {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
+}
+
+// wantPayload is the activity as the fake puts it on the wire.
+func wantPayload(t *testing.T, a marketotest.Activity) []byte {
+	t.Helper()
+	b, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
