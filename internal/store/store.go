@@ -170,11 +170,52 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		colAttempts: {{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "at", Value: -1}}}},
 	}
 	for col, models := range idx {
-		if _, err := s.db.Collection(col).Indexes().CreateMany(ctx, models); err != nil {
+		// Only missing indexes are created: FerretDB's sqlite handler
+		// fails on re-creating an existing compound index.
+		have, err := s.indexKeys(ctx, col)
+		if err != nil {
+			return err
+		}
+		var missing []mongo.IndexModel
+		for _, m := range models {
+			if !have[keyString(m.Keys.(bson.D))] {
+				missing = append(missing, m)
+			}
+		}
+		if len(missing) == 0 {
+			continue
+		}
+		if _, err := s.db.Collection(col).Indexes().CreateMany(ctx, missing); err != nil {
 			return fmt.Errorf("store: indexes of %s: %w", col, err)
 		}
 	}
 	return nil
+}
+
+func (s *Store) indexKeys(ctx context.Context, col string) (map[string]bool, error) {
+	cur, err := s.db.Collection(col).Indexes().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: list indexes of %s: %w", col, err)
+	}
+	var specs []struct {
+		Key bson.D `bson:"key"`
+	}
+	if err := cur.All(ctx, &specs); err != nil {
+		return nil, fmt.Errorf("store: list indexes of %s: %w", col, err)
+	}
+	have := map[string]bool{}
+	for _, sp := range specs {
+		have[keyString(sp.Key)] = true
+	}
+	return have, nil
+}
+
+func keyString(d bson.D) string {
+	s := ""
+	for _, e := range d {
+		s += fmt.Sprintf("%s:%v,", e.Key, e.Value)
+	}
+	return s
 }
 
 const (

@@ -1,0 +1,202 @@
+package notify_test
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/notify"
+	"github.com/leadstream/leadstream/internal/store"
+)
+
+const orgID = "org-1"
+
+// targets is an in-memory instance table: instance id -> callback URL and key.
+type targets struct {
+	mu sync.Mutex
+	m  map[string][2]string
+}
+
+func newTargets() *targets { return &targets{m: map[string][2]string{}} }
+
+func (t *targets) set(instanceID, url, key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m[instanceID] = [2]string{url, key}
+}
+
+func (t *targets) Target(_ context.Context, instanceID string) (string, string, bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, ok := t.m[instanceID]
+	return v[0], v[1], ok, nil
+}
+
+// addEvents stores n events of an instance, each with a pending delivery due now.
+func addEvents(t *testing.T, s *store.Store, instanceID string, n int) []*events.Event {
+	t.Helper()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	evs := make([]*events.Event, n)
+	for i := range evs {
+		id := uuid.NewString()
+		obj := fmt.Sprint(1000 + i)
+		evs[i] = &events.Event{
+			ID: id, InstanceID: instanceID, OrgID: orgID, Seq: int64(i + 1), DedupeKey: "key-" + id,
+			Source: events.SourceWebhook, EventType: "lead.created", ObjectType: "lead", ObjectID: &obj,
+			OccurredAt: now, ReceivedAt: now, Payload: events.JSON(fmt.Sprintf(`{"n":%d,"name":"Ann"}`, i)),
+			Delivery: &events.Delivery{State: events.DeliveryPending, NextAttemptAt: &now},
+		}
+	}
+	errs, err := s.InsertEvents(context.Background(), evs)
+	if err != nil {
+		t.Fatalf("InsertEvents: %v", err)
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("InsertEvents[%d]: %v", i, err)
+		}
+	}
+	return evs
+}
+
+// stored reads an instance's events back, by id.
+func stored(t *testing.T, s *store.Store, instanceID string) map[string]*events.Event {
+	t.Helper()
+	evs, err := s.EventsAfter(context.Background(), orgID, instanceID, 0, 10000)
+	if err != nil {
+		t.Fatalf("EventsAfter: %v", err)
+	}
+	m := make(map[string]*events.Event, len(evs))
+	for _, e := range evs {
+		m[e.ID] = e
+	}
+	return m
+}
+
+// storedOne reads back the one event with this id.
+func storedOne(t *testing.T, s *store.Store, ev *events.Event) *events.Event {
+	t.Helper()
+	e := stored(t, s, ev.InstanceID)[ev.ID]
+	if e == nil || e.Delivery == nil {
+		t.Fatalf("event %s or its delivery is missing from the store", ev.ID)
+	}
+	return e
+}
+
+// attempts returns an instance's recorded attempts, oldest first.
+func attempts(t *testing.T, s *store.Store, instanceID string) []events.Attempt {
+	t.Helper()
+	as, err := s.Attempts(context.Background(), instanceID, 10000)
+	if err != nil {
+		t.Fatalf("Attempts: %v", err)
+	}
+	slices.SortFunc(as, func(a, b events.Attempt) int {
+		if c := strings.Compare(a.EventID, b.EventID); c != 0 {
+			return c
+		}
+		return a.Attempt - b.Attempt
+	})
+	return as
+}
+
+func delivery(t *testing.T, s *store.Store, ev *events.Event) events.Delivery {
+	t.Helper()
+	return *storedOne(t, s, ev).Delivery
+}
+
+// start runs n until the returned stop is called (or the test ends); stop
+// returns only after Run did.
+func start(t *testing.T, n *notify.Notifier) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("Run did not return 10s after its context ended")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitState(t *testing.T, s *store.Store, ev *events.Event, want events.DeliveryState) events.Delivery {
+	t.Helper()
+	var d events.Delivery
+	waitFor(t, 10*time.Second, "delivery state "+string(want), func() bool {
+		d = delivery(t, s, ev)
+		return d.State == want
+	})
+	return d
+}
+
+// observed counts the outcomes a notifier reports.
+type observed struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (o *observed) observe(outcome string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.m == nil {
+		o.m = map[string]int{}
+	}
+	o.m[outcome]++
+}
+
+func (o *observed) counts() map[string]int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.m)
+}
+
+// specSignature computes a Standard Webhooks v1 signature straight from the
+// spec, independently of notify.Sign.
+func specSignature(t *testing.T, key, id, ts string, body []byte) string {
+	t.Helper()
+	secret := []byte(key)
+	if rest, ok := strings.CutPrefix(key, "whsec_"); ok {
+		b, err := base64.StdEncoding.DecodeString(rest)
+		if err != nil {
+			t.Fatalf("test key %q: %v", key, err)
+		}
+		secret = b
+	}
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(id + "." + ts + "."))
+	mac.Write(body)
+	return "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
+}
