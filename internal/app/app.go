@@ -199,6 +199,13 @@ func (a *App) cleanup(ctx context.Context) error {
 	}
 }
 
+// CreateOrganization creates an organization and a user with the given
+// secrets (tests and the demo use it; there is no API for it yet).
+func (a *App) CreateOrganization(ctx context.Context, orgSecret, userSecret string) error {
+	_, err := a.auth.CreatePair(ctx, orgSecret, userSecret)
+	return err
+}
+
 // Close releases the store; call it after Run returned.
 func (a *App) Close() {
 	a.ingester.Close()

@@ -1,0 +1,723 @@
+package notify_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/notify"
+	"github.com/leadstream/leadstream/internal/store"
+	"github.com/leadstream/leadstream/internal/store/storetest"
+)
+
+func TestSign(t *testing.T) {
+	t.Parallel()
+	ts := time.Unix(1614265330, 0)
+	body := []byte(`{"id":"evt-1"}`)
+	tests := []struct {
+		name, key, id string
+		body          []byte
+		want          string
+	}{
+		{
+			name: "Standard Webhooks published test vector",
+			key:  "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+			body: []byte(`{"test": 2432232314}`), want: "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+		},
+		{
+			name: "whsec_ key signs with the decoded bytes",
+			key:  "whsec_" + base64.StdEncoding.EncodeToString([]byte("raw secret bytes")), id: "evt-1", body: body,
+			want: specSignature([]byte("raw secret bytes"), "evt-1", "1614265330", body),
+		},
+		{
+			name: "plain key signs with its own bytes",
+			key:  "my plain key", id: "evt-1", body: body,
+			want: specSignature([]byte("my plain key"), "evt-1", "1614265330", body),
+		},
+		{
+			name: "whsec_ key that is not base64 signs with its own bytes",
+			key:  "whsec_not*base64!", id: "evt-1", body: body,
+			want: specSignature([]byte("whsec_not*base64!"), "evt-1", "1614265330", body),
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := notify.Sign(tc.key, tc.id, ts, tc.body); got != tc.want {
+				t.Errorf("Sign = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestCallbackRequest checks what a receiver gets, on the first attempt and
+// on a retry: body, content type, webhook-id, webhook-timestamp, signature.
+func TestCallbackRequest(t *testing.T) {
+	t.Parallel()
+	s := storetest.New(t)
+	tests := []struct{ name, key string }{
+		{"whsec_ key", "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))},
+		{"plain key", "plain-signing-key"},
+		{"no key", ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			instanceID := "inst-req-" + strconv.Itoa(i)
+			type request struct {
+				method string
+				header http.Header
+				body   []byte
+			}
+			var mu sync.Mutex
+			var reqs []request
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				reqs = append(reqs, request{r.Method, r.Header.Clone(), body})
+				n := len(reqs)
+				mu.Unlock()
+				if n == 1 {
+					w.WriteHeader(http.StatusInternalServerError)
+					return
+				}
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			t.Cleanup(srv.Close)
+			tg := newTargets()
+			tg.set(instanceID, srv.URL+"/hooks/marketo?tenant=a", tc.key)
+			ev := addEvents(t, s, instanceID, 1)[0]
+			want, err := json.Marshal(storedOne(t, s, ev))
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			n := notify.New(s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond, PollInterval: time.Hour})
+			stop := start(t, n)
+			waitState(t, s, ev, events.DeliveryDelivered)
+			stop()
+
+			as := attempts(t, s, instanceID)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(reqs) != 2 || len(as) != 2 {
+				t.Fatalf("got %d requests and %d recorded attempts, want 2 and 2", len(reqs), len(as))
+			}
+			for i, r := range reqs {
+				if r.method != http.MethodPost {
+					t.Errorf("request %d: method %s", i, r.method)
+				}
+				if ct := r.header.Get("Content-Type"); ct != "application/json" {
+					t.Errorf("request %d: content-type %q", i, ct)
+				}
+				if string(r.body) != string(want) {
+					t.Errorf("request %d: body\n%s\nwant json.Marshal(event)\n%s", i, r.body, want)
+				}
+				id := r.header.Get("webhook-id")
+				if id != ev.ID {
+					t.Errorf("request %d: webhook-id %q, want the event id %q", i, id, ev.ID)
+				}
+				ts := r.header.Get("webhook-timestamp")
+				if sec, err := strconv.ParseInt(ts, 10, 64); err != nil || sec != as[i].At.Unix() {
+					t.Errorf("request %d: webhook-timestamp %q, want %d (the attempt's time)", i, ts, as[i].At.Unix())
+				}
+				sigs, signed := r.header["Webhook-Signature"]
+				switch {
+				case tc.key == "" && signed:
+					t.Errorf("request %d: webhook-signature %q sent without a key", i, sigs)
+				case tc.key != "":
+					if got, want := r.header.Get("webhook-signature"), specSignature(specKey(t, tc.key), id, ts, r.body); got != want {
+						t.Errorf("request %d: webhook-signature %q, spec computes %q", i, got, want)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestOutcomes drives one event through receivers that answer in different
+// ways and checks the recorded attempts and the final delivery state.
+func TestOutcomes(t *testing.T) {
+	t.Parallel()
+	s := storetest.New(t)
+	var elsewhereHits atomic.Int64
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhereHits.Add(1)
+	}))
+	t.Cleanup(elsewhere.Close)
+
+	const attemptTimeout = 200 * time.Millisecond
+	tests := []struct {
+		name         string
+		noTarget     bool
+		respond      func(n int, w http.ResponseWriter, r *http.Request) // n: 1-based request count
+		wantState    events.DeliveryState
+		wantStatuses []int // one per attempt; 0: no HTTP answer
+		wantErr      []string
+		wantObserved map[string]int
+		check        func(t *testing.T, as []events.Attempt)
+	}{
+		{
+			name: "500, 500, 200",
+			respond: func(n int, w http.ResponseWriter, r *http.Request) {
+				if n <= 2 {
+					w.WriteHeader(http.StatusInternalServerError)
+				}
+			},
+			wantState: events.DeliveryDelivered, wantStatuses: []int{500, 500, 200},
+			wantErr:      []string{"HTTP 500", "HTTP 500", ""},
+			wantObserved: map[string]int{notify.OutcomeFailedAttempt: 2, notify.OutcomeDelivered: 1},
+		},
+		{
+			name: "hanging past the attempt timeout is a failed attempt",
+			respond: func(n int, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					select {
+					case <-r.Context().Done():
+					case <-time.After(5 * time.Second):
+					}
+				}
+			},
+			wantState: events.DeliveryDelivered, wantStatuses: []int{0, 200},
+			wantErr:      []string{"no answer within 200ms", ""},
+			wantObserved: map[string]int{notify.OutcomeFailedAttempt: 1, notify.OutcomeDelivered: 1},
+			check: func(t *testing.T, as []events.Attempt) {
+				if as[0].DurationMs < int(attemptTimeout/time.Millisecond) {
+					t.Errorf("timed-out attempt took %dms, less than the timeout", as[0].DurationMs)
+				}
+			},
+		},
+		{
+			name: "a redirect is not followed and is a failed attempt",
+			respond: func(n int, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					http.Redirect(w, r, elsewhere.URL+"/steal", http.StatusTemporaryRedirect)
+				}
+			},
+			wantState: events.DeliveryDelivered, wantStatuses: []int{307, 200},
+			wantErr:      []string{"redirect not followed (HTTP 307)", ""},
+			wantObserved: map[string]int{notify.OutcomeFailedAttempt: 1, notify.OutcomeDelivered: 1},
+			check: func(t *testing.T, as []events.Attempt) {
+				if h := elsewhereHits.Load(); h != 0 {
+					t.Errorf("the redirect target got %d requests", h)
+				}
+			},
+		},
+		{
+			name: "an endless answer body is not read to its end",
+			respond: func(n int, w http.ResponseWriter, r *http.Request) {
+				chunk := []byte(strings.Repeat("x", 32<<10))
+				for r.Context().Err() == nil {
+					if _, err := w.Write(chunk); err != nil {
+						return
+					}
+				}
+			},
+			wantState: events.DeliveryDelivered, wantStatuses: []int{200}, wantErr: []string{""},
+			wantObserved: map[string]int{notify.OutcomeDelivered: 1},
+			check: func(t *testing.T, as []events.Attempt) {
+				if as[0].DurationMs >= int(attemptTimeout/time.Millisecond) {
+					t.Errorf("attempt took %dms: the body was read until the timeout", as[0].DurationMs)
+				}
+			},
+		},
+		{
+			name:     "instance gone or callback removed: FAILED without a POST",
+			noTarget: true, wantState: events.DeliveryFailed,
+			wantObserved: map[string]int{notify.OutcomeGaveUp: 1},
+		},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			instanceID := "inst-outcome-" + strconv.Itoa(i)
+			var posts atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n := int(posts.Add(1))
+				if tc.respond != nil {
+					tc.respond(n, w, r)
+				}
+			}))
+			t.Cleanup(srv.Close)
+			tg := newTargets()
+			if !tc.noTarget {
+				tg.set(instanceID, srv.URL+"/hook?token=s3cret", "whsec_c2VjcmV0")
+			}
+			ev := addEvents(t, s, instanceID, 1)[0]
+			var obs observed
+			n := notify.New(s, tg, notify.Options{
+				RetryBase: 10 * time.Millisecond, AttemptTimeout: attemptTimeout,
+				PollInterval: time.Hour, // retries must come from the notifier's own schedule
+				Observe:      obs.observe,
+			})
+			stop := start(t, n)
+			d := waitState(t, s, ev, tc.wantState)
+			stop()
+
+			if d.Attempts != len(tc.wantStatuses) {
+				t.Errorf("delivery.attempts = %d, want %d", d.Attempts, len(tc.wantStatuses))
+			}
+			if d.NextAttemptAt != nil {
+				t.Errorf("final delivery still has nextAttemptAt %v", d.NextAttemptAt)
+			}
+			switch tc.wantState {
+			case events.DeliveryDelivered:
+				if d.DeliveredAt == nil || d.LastError != nil {
+					t.Errorf("delivered: deliveredAt %v, lastError %v", d.DeliveredAt, d.LastError)
+				}
+			case events.DeliveryFailed:
+				if d.LastError == nil || !strings.Contains(*d.LastError, "no longer exists or has no callback URL") {
+					t.Errorf("lastError = %v, want it to say the target is gone", d.LastError)
+				}
+			}
+			if got := int(posts.Load()); got != len(tc.wantStatuses) {
+				t.Errorf("receiver got %d POSTs, want %d", got, len(tc.wantStatuses))
+			}
+			as := attempts(t, s, instanceID)
+			if len(as) != len(tc.wantStatuses) {
+				t.Fatalf("%d attempts recorded, want %d: %+v", len(as), len(tc.wantStatuses), as)
+			}
+			for k, a := range as {
+				status := 0
+				if a.StatusCode != nil {
+					status = *a.StatusCode
+				}
+				errText := ""
+				if a.Error != nil {
+					errText = *a.Error
+				}
+				if a.ID == "" || a.EventID != ev.ID || a.InstanceID != instanceID || a.Attempt != k+1 || a.At.IsZero() || a.DurationMs < 0 {
+					t.Errorf("attempt %d: %+v", k+1, a)
+				}
+				if status != tc.wantStatuses[k] {
+					t.Errorf("attempt %d: status %d, want %d", k+1, status, tc.wantStatuses[k])
+				}
+				if (tc.wantErr[k] == "") != (errText == "") || !strings.Contains(errText, tc.wantErr[k]) {
+					t.Errorf("attempt %d: error %q, want %q", k+1, errText, tc.wantErr[k])
+				}
+				if strings.Contains(errText, "s3cret") {
+					t.Errorf("attempt %d: error %q leaks the callback URL's secret", k+1, errText)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, as)
+			}
+			if got := obs.counts(); !maps.Equal(got, tc.wantObserved) {
+				t.Errorf("observed %v, want %v", got, tc.wantObserved)
+			}
+		})
+	}
+}
+
+// TestGivesUpAfterMaxAttempts: an always-failing receiver gets 10 attempts,
+// spaced by a growing backoff, then the delivery is FAILED. RetryBase is tiny
+// because the 9th retry waits RetryBase*4^8.
+func TestGivesUpAfterMaxAttempts(t *testing.T) {
+	t.Parallel()
+	s := storetest.New(t)
+	const base = 10 * time.Microsecond
+
+	// A listener that hangs up on every connection: a transport error, no status.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hangups atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			hangups.Add(1)
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+
+	var serverErrors atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		serverErrors.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+
+	tests := []struct {
+		name       string
+		url        string
+		posts      *atomic.Int64
+		wantStatus int
+	}{
+		{"HTTP 503 every time", srv.URL + "/hook?token=s3cret", &serverErrors, 503},
+		{"connection closed every time", "http://" + ln.Addr().String() + "/hook?token=s3cret", &hangups, 0},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			instanceID := "inst-fail-" + strconv.Itoa(i)
+			tg := newTargets()
+			tg.set(instanceID, tc.url, "")
+			ev := addEvents(t, s, instanceID, 1)[0]
+			var obs observed
+			n := notify.New(s, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, PollInterval: time.Hour, Observe: obs.observe})
+			stop := start(t, n)
+			d := waitState(t, s, ev, events.DeliveryFailed)
+			stop()
+
+			if d.Attempts != notify.MaxAttempts || d.NextAttemptAt != nil || d.LastError == nil ||
+				!strings.Contains(*d.LastError, "gave up after 10 attempts") || strings.Contains(*d.LastError, "s3cret") {
+				t.Errorf("delivery = %+v (lastError %v)", d, ptrString(d.LastError))
+			}
+			if got := tc.posts.Load(); got < notify.MaxAttempts {
+				t.Errorf("receiver saw %d attempts, want %d", got, notify.MaxAttempts)
+			}
+			as := attempts(t, s, instanceID)
+			if len(as) != notify.MaxAttempts {
+				t.Fatalf("%d attempts recorded, want %d", len(as), notify.MaxAttempts)
+			}
+			for k, a := range as {
+				status := 0
+				if a.StatusCode != nil {
+					status = *a.StatusCode
+				}
+				if a.Attempt != k+1 || status != tc.wantStatus || a.Error == nil || strings.Contains(*a.Error, "s3cret") {
+					t.Errorf("attempt %d: number %d, status %d, error %v", k+1, a.Attempt, status, ptrString(a.Error))
+				}
+			}
+			// Retry k waits base*4^(k-1) after attempt k; At is stored to the ms.
+			gaps := make([]time.Duration, len(as))
+			for k := 1; k < len(as); k++ {
+				gaps[k] = as[k].At.Sub(as[k-1].At)
+				if want := base << (2 * (k - 1)); gaps[k] < want-time.Millisecond {
+					t.Errorf("attempt %d came %s after attempt %d, want at least %s", k+1, gaps[k], k, want)
+				}
+			}
+			// Where the backoff outweighs scheduling noise, the gaps grow.
+			for k := 7; k < len(as); k++ {
+				if gaps[k] <= gaps[k-1] {
+					t.Errorf("gaps do not grow: %v", gaps[1:])
+					break
+				}
+			}
+			if want := map[string]int{notify.OutcomeFailedAttempt: 10, notify.OutcomeGaveUp: 1}; !maps.Equal(obs.counts(), want) {
+				t.Errorf("observed %v, want %v", obs.counts(), want)
+			}
+		})
+	}
+	if got := serverErrors.Load(); got != notify.MaxAttempts {
+		t.Errorf("the 503 receiver got %d POSTs, want exactly %d", got, notify.MaxAttempts)
+	}
+}
+
+// TestResumesAfterRestart: the queue is the store, so a new notifier picks up
+// where a stopped one left off.
+func TestResumesAfterRestart(t *testing.T) {
+	t.Parallel()
+	s := storetest.New(t)
+	var failing atomic.Bool
+	failing.Store(true)
+	var mu sync.Mutex
+	ids := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		ids[r.Header.Get("webhook-id")]++
+		mu.Unlock()
+		if failing.Load() {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	tg := newTargets()
+	tg.set("inst-restart", srv.URL, "k")
+	ev := addEvents(t, s, "inst-restart", 1)[0]
+	opts := notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond, PollInterval: 20 * time.Millisecond}
+
+	stop := start(t, notify.New(s, tg, opts))
+	waitFor(t, 10*time.Second, "two failed attempts", func() bool { return len(attempts(t, s, "inst-restart")) >= 2 })
+	stop()
+	before := delivery(t, s, ev)
+	if before.State != events.DeliveryPending || before.NextAttemptAt == nil || before.Attempts < 2 {
+		t.Fatalf("after the first run: %+v", before)
+	}
+
+	failing.Store(false)
+	stop = start(t, notify.New(s, tg, opts))
+	d := waitState(t, s, ev, events.DeliveryDelivered)
+	stop()
+
+	if d.Attempts != before.Attempts+1 {
+		t.Errorf("attempts = %d, want %d (the first run's plus one)", d.Attempts, before.Attempts+1)
+	}
+	as := attempts(t, s, "inst-restart")
+	if len(as) != d.Attempts {
+		t.Fatalf("%d attempts recorded, want %d", len(as), d.Attempts)
+	}
+	for k, a := range as {
+		if a.Attempt != k+1 {
+			t.Errorf("attempt numbers %d at position %d: numbering did not continue", a.Attempt, k)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ids) != 1 || ids[ev.ID] != d.Attempts {
+		t.Errorf("webhook-ids seen %v, want only %s, %d times", ids, ev.ID, d.Attempts)
+	}
+}
+
+// TestConcurrentDeliveries: many events, several workers, constant wake-ups
+// (so scans overlap attempts in flight). Each event is never POSTed twice at
+// the same time, gets exactly one 2xx, and is never POSTed after it.
+func TestConcurrentDeliveries(t *testing.T) {
+	t.Parallel()
+	s := storetest.New(t)
+	const total, workers = 200, 8
+
+	type perID struct {
+		inFlight, maxInFlight, posts, oks, postsAfterOK int
+	}
+	var mu sync.Mutex
+	seen := map[string]*perID{}
+	failFirst := map[string]bool{}
+	var inFlight, maxInFlight int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("webhook-id")
+		mu.Lock()
+		p := seen[id]
+		if p == nil {
+			p = &perID{}
+			seen[id] = p
+		}
+		p.posts++
+		if p.oks > 0 {
+			p.postsAfterOK++
+		}
+		p.inFlight++
+		p.maxInFlight = max(p.maxInFlight, p.inFlight)
+		inFlight++
+		maxInFlight = max(maxInFlight, inFlight)
+		fail := failFirst[id] && p.posts == 1
+		mu.Unlock()
+
+		time.Sleep(2 * time.Millisecond) // keep attempts in flight while scans run
+
+		mu.Lock()
+		p.inFlight--
+		inFlight--
+		if !fail {
+			p.oks++
+		}
+		mu.Unlock()
+		if fail {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	t.Cleanup(srv.Close)
+
+	evs := addEvents(t, s, "inst-many", total)
+	mu.Lock()
+	for i, ev := range evs {
+		if i%3 == 0 {
+			failFirst[ev.ID] = true
+		}
+	}
+	mu.Unlock()
+	tg := newTargets()
+	tg.set("inst-many", srv.URL, "whsec_c2VjcmV0")
+	n := notify.New(s, tg, notify.Options{
+		RetryBase: 5 * time.Millisecond, AttemptTimeout: 2 * time.Second,
+		Workers: workers, PollInterval: time.Millisecond,
+	})
+	stop := start(t, n)
+	wakeCtx, stopWaking := context.WithCancel(context.Background())
+	var wakers sync.WaitGroup
+	wakers.Add(1)
+	go func() {
+		defer wakers.Done()
+		for wakeCtx.Err() == nil {
+			n.Wake()
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+
+	waitFor(t, 15*time.Second, "every event DELIVERED", func() bool {
+		for _, e := range stored(t, s, "inst-many") {
+			if e.Delivery.State != events.DeliveryDelivered {
+				return false
+			}
+		}
+		return true
+	})
+	stopWaking()
+	wakers.Wait()
+	stop()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != total {
+		t.Errorf("receiver saw %d webhook-ids, want %d", len(seen), total)
+	}
+	if maxInFlight > workers {
+		t.Errorf("%d POSTs in flight at once, more than %d workers", maxInFlight, workers)
+	}
+	storedEvs := stored(t, s, "inst-many")
+	wantAttempts := 0
+	for _, ev := range evs {
+		p := seen[ev.ID]
+		want := 1
+		if failFirst[ev.ID] {
+			want = 2
+		}
+		wantAttempts += want
+		switch {
+		case p == nil:
+			t.Errorf("event %s never POSTed", ev.ID)
+		case p.maxInFlight > 1:
+			t.Errorf("event %s POSTed %d times at once", ev.ID, p.maxInFlight)
+		case p.oks != 1 || p.postsAfterOK != 0 || p.posts != want:
+			t.Errorf("event %s: %d POSTs, %d 2xx, %d POSTs after its 2xx; want %d, 1, 0", ev.ID, p.posts, p.oks, p.postsAfterOK, want)
+		}
+		if d := storedEvs[ev.ID].Delivery; d.Attempts != want {
+			t.Errorf("event %s: delivery.attempts = %d, want %d", ev.ID, d.Attempts, want)
+		}
+	}
+	if got := len(attempts(t, s, "inst-many")); got != wantAttempts {
+		t.Errorf("%d attempts recorded, want %d", got, wantAttempts)
+	}
+}
+
+// TestRunDrains: cancelling Run while an attempt is in flight lets the
+// attempt finish and be recorded before Run returns.
+func TestRunDrains(t *testing.T) {
+	t.Parallel()
+	s := storetest.New(t)
+	arrived := make(chan struct{})
+	proceed := make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(arrived) })
+		<-proceed
+	}))
+	t.Cleanup(srv.Close)
+	tg := newTargets()
+	tg.set("inst-drain", srv.URL, "")
+	ev := addEvents(t, s, "inst-drain", 1)[0]
+	n := notify.New(s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 5 * time.Second})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		close(proceed)
+		t.Fatal("the event was never POSTed")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		close(proceed)
+		t.Fatalf("Run returned (%v) while an attempt was in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(proceed)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the attempt finished")
+	}
+	// No waiting: the outcome must already be in the store.
+	if d := delivery(t, s, ev); d.State != events.DeliveryDelivered || d.Attempts != 1 {
+		t.Errorf("delivery after Run returned = %+v, want DELIVERED after 1 attempt", d)
+	}
+	if as := attempts(t, s, "inst-drain"); len(as) != 1 || as[0].StatusCode == nil || *as[0].StatusCode != 200 {
+		t.Errorf("attempts after Run returned = %+v, want one with status 200", as)
+	}
+}
+
+// scanCounter is the real store, counting completed scans.
+type scanCounter struct {
+	*store.Store
+	scans atomic.Int64
+}
+
+func (c *scanCounter) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*events.Event, error) {
+	evs, err := c.Store.DueDeliveries(ctx, now, limit)
+	c.scans.Add(1)
+	return evs, err
+}
+
+// TestWake: a woken notifier delivers new events without waiting for the
+// next poll.
+func TestWake(t *testing.T) {
+	t.Parallel()
+	s := &scanCounter{Store: storetest.New(t)}
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- r.Header.Get("webhook-id"):
+		default:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	tg := newTargets()
+	tg.set("inst-wake", srv.URL, "")
+	n := notify.New(s, tg, notify.Options{PollInterval: time.Hour})
+	start(t, n)
+	waitFor(t, 10*time.Second, "the first scan", func() bool { return s.scans.Load() > 0 })
+
+	ev := addEvents(t, s.Store, "inst-wake", 1)[0]
+	n.Wake()
+	n.Wake() // never blocks
+	select {
+	case id := <-got:
+		if id != ev.ID {
+			t.Errorf("webhook-id %q, want %q", id, ev.ID)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wake did not lead to a delivery")
+	}
+	waitState(t, s.Store, ev, events.DeliveryDelivered)
+}
+
+func TestRunOnceAtATime(t *testing.T) {
+	t.Parallel()
+	s := &scanCounter{Store: storetest.New(t)}
+	n := notify.New(s, newTargets(), notify.Options{PollInterval: time.Hour})
+	stop := start(t, n)
+	waitFor(t, 10*time.Second, "the first scan", func() bool { return s.scans.Load() > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.Run(ctx); err == nil || !strings.HasPrefix(err.Error(), "notify: ") {
+		t.Errorf("a second Run = %v, want a notify: error", err)
+	}
+	stop()
+	// Once stopped, it may run again.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if err := n.Run(ctx2); err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("Run after a stop = %v", err)
+	}
+}
+
+func ptrString(p *string) string {
+	if p == nil {
+		return "<nil>"
+	}
+	return *p
+}

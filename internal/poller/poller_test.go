@@ -1,0 +1,476 @@
+package poller_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/instance"
+	"github.com/leadstream/leadstream/internal/marketo"
+	"github.com/leadstream/leadstream/internal/marketo/marketotest"
+	"github.com/leadstream/leadstream/internal/poller"
+	"github.com/leadstream/leadstream/internal/store"
+)
+
+func TestActivitiesBecomeEvents(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const unknownType = 999 // not in the fake's types.json
+	typeIDs := "12,13,37,6,999"
+	withTypes := withConfig(instance.KeyActivityTypes, typeIDs)
+	a := e.addInstance("inst-a", withTypes, withConfig(instance.KeyCallbackURL, "https://app.example.com/hook"))
+	b := e.addInstance("inst-b", withTypes)
+
+	// 1,000 activities, 1 in 6 of a type not asked for: 834 events per
+	// instance, so pages of 300 and the fake's empty third page.
+	cycle := []int{
+		marketotest.TypeNewLead, marketotest.TypeChangeDataValue, marketotest.TypeDeleteLead,
+		marketotest.TypeSendEmail, unknownType, marketotest.TypeVisitWebpage,
+	}
+	var want []marketotest.Activity
+	for i := range 1000 {
+		typ := cycle[i%len(cycle)]
+		var act marketotest.Activity
+		if typ == unknownType {
+			act = e.fake.AddActivities(marketotest.Activity{LeadID: int64(5000 + i), ActivityTypeID: unknownType, PrimaryAttributeValue: "custom"})[0]
+		} else {
+			act = e.fake.AddLeadActivity(typ, 5000+i)
+		}
+		if typ != marketotest.TypeVisitWebpage {
+			want = append(want, act)
+		}
+	}
+
+	sub := e.broker.Subscribe(events.Filter{OrgID: orgID, InstanceID: a.ID})
+	defer sub.Close()
+	e.startPoller(poller.Options{})
+
+	live := func(n int) []*events.Event {
+		t.Helper()
+		var got []*events.Event
+		timeout := time.After(20 * time.Second)
+		for len(got) < n {
+			select {
+			case ev, ok := <-sub.C:
+				if !ok || ev == nil {
+					t.Fatalf("subscription ended after %d events: %v", len(got), sub.Err())
+				}
+				got = append(got, ev)
+			case <-timeout:
+				t.Fatalf("%d live events, want %d", len(got), n)
+			}
+		}
+		return got
+	}
+	got := live(len(want))
+
+	wantMapping := map[int][2]string{ // type -> objectType, eventType
+		marketotest.TypeNewLead:         {"leads", "CREATED"},
+		marketotest.TypeChangeDataValue: {"leads", "UPDATED"},
+		marketotest.TypeDeleteLead:      {"leads", "DELETED"},
+		marketotest.TypeSendEmail:       {"activities", "Send Email"},
+		unknownType:                     {"activities", "activity 999"},
+	}
+	for i, ev := range got {
+		act := want[i] // events come in Marketo's order
+		m := wantMapping[act.ActivityTypeID]
+		switch {
+		case ev.DedupeKey != act.MarketoGUID:
+			t.Fatalf("event %d: dedupe key %q, want marketoGUID %q", i, ev.DedupeKey, act.MarketoGUID)
+		case ev.ObjectType != m[0] || ev.EventType != m[1]:
+			t.Errorf("type %d: %s/%s, want %s/%s", act.ActivityTypeID, ev.ObjectType, ev.EventType, m[0], m[1])
+		case ev.ObjectID == nil || *ev.ObjectID != itoa(act.LeadID):
+			t.Errorf("event %d: objectId %v, want %d", i, ev.ObjectID, act.LeadID)
+		case !ev.OccurredAt.Equal(act.ActivityDate):
+			t.Errorf("event %d: occurredAt %v, want %v", i, ev.OccurredAt, act.ActivityDate)
+		case !bytes.Equal(ev.Payload, wantPayload(t, act)):
+			t.Errorf("event %d: payload\n%s\nwant\n%s", i, ev.Payload, wantPayload(t, act))
+		case ev.Source != events.SourcePoller || ev.InstanceID != a.ID || ev.OrgID != orgID:
+			t.Errorf("event %d: source %s instance %s org %s", i, ev.Source, ev.InstanceID, ev.OrgID)
+		case ev.Seq != int64(i+1):
+			t.Errorf("event %d: cursor %d", i, ev.Seq)
+		case ev.Delivery == nil || ev.Delivery.State != events.DeliveryPending:
+			t.Errorf("event %d of an instance with a callback URL: delivery %+v, want pending", i, ev.Delivery)
+		}
+	}
+
+	// The other instance of the same subscription gets the same events,
+	// without a callback delivery.
+	e.waitStored(b.ID, len(want), 20*time.Second)
+	for _, ev := range e.stored(b.ID) {
+		if ev.Delivery != nil {
+			t.Fatalf("instance without callback URL: delivery %+v", ev.Delivery)
+		}
+	}
+
+	// Later activities arrive live too.
+	more := e.fake.AddLeadActivity(marketotest.TypeChangeDataValue, 42)
+	if ev := live(1)[0]; ev.DedupeKey != more.MarketoGUID || ev.EventType != "UPDATED" || ev.Seq != int64(len(want)+1) {
+		t.Fatalf("live event %+v, want the new activity as cursor %d", ev, len(want)+1)
+	}
+	checkGapFree(t, e.stored(a.ID), len(want)+1)
+
+	eventually(t, 5*time.Second, func() (bool, string) {
+		ps := e.pollState(a.ID)
+		ok := ps.EventsIngested == int64(len(want)+1) && ps.LastError == "" && ps.LastSuccessAt != nil && ps.LastPollAt != nil
+		return ok, fmt.Sprintf("poll state %+v, want %d events ingested and success", ps, len(want)+1)
+	})
+	st := e.fake.Stats()
+	if n := st.RESTCallsByPath[typesPath]; n != 1 {
+		t.Errorf("types.json called %d times; want 1 (cached per Marketo host)", n)
+	}
+	if st.ByResult["ok"] != st.RESTCalls {
+		t.Errorf("REST results %v, want all ok", st.ByResult)
+	}
+}
+
+func TestRestartContinuesWhereItStopped(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	in := e.addInstance("inst")
+	const total = 1500 // 5 full pages and 2 empty ones
+	addLeadActivities(e.fake, total)
+	e.fake.SetLatency(100 * time.Millisecond)
+
+	sub := e.broker.Subscribe(events.Filter{OrgID: orgID, InstanceID: in.ID})
+	defer sub.Close()
+	_, stopA := e.startPoller(poller.Options{})
+	select {
+	case <-sub.C: // the first page is stored
+	case <-time.After(10 * time.Second):
+		t.Fatal("poller A stored nothing")
+	}
+	stopA()
+	mid := len(e.stored(in.ID))
+	if mid == 0 || mid >= total {
+		t.Fatalf("poller A stored %d of %d before it stopped; want part of them", mid, total)
+	}
+
+	e.fake.SetLatency(0)
+	e.startPoller(poller.Options{})
+	e.waitStored(in.ID, total, 20*time.Second)
+	checkGapFree(t, e.stored(in.ID), total)
+	if ps := e.pollState(in.ID); ps.EventsIngested > total {
+		t.Fatalf("eventsIngested %d > %d activities", ps.EventsIngested, total)
+	}
+}
+
+func TestCrashBetweenIngestAndSaveStoresNoDuplicates(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		// token returns the NextPageToken a crashed poller might have left.
+		token func(t *testing.T, e *env, in store.Instance) string
+	}{
+		{"no token saved yet", func(*testing.T, *env, store.Instance) string { return "" }},
+		{"token of the first page", func(t *testing.T, e *env, in store.Instance) string {
+			e.fake.AddClient("probe", "probe-secret")
+			c := marketo.New(marketo.Credentials{
+				ClientID: "probe", ClientSecret: "probe-secret",
+				IdentityURL: e.fake.IdentityURL(), RESTURL: e.fake.RESTURL(),
+			}, marketo.Options{Limits: marketo.NewLimits(0, 0, 0)})
+			tok, err := c.PagingToken(t.Context(), in.CreatedAt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			page, err := c.Activities(t.Context(), tok, instance.DefaultActivityTypes)
+			if err != nil || len(page.Activities) != marketotest.PageSize {
+				t.Fatalf("first page: %d activities, %v", len(page.Activities), err)
+			}
+			return page.NextPageToken
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			in := e.addInstance("inst")
+			const first, later = 1000, 50
+			addLeadActivities(e.fake, first)
+			_, stopA := e.startPoller(poller.Options{})
+			e.waitStored(in.ID, first, 20*time.Second)
+			stopA()
+
+			// Pages after the saved token were ingested but their tokens
+			// "lost": poller B repeats them.
+			ps := e.pollState(in.ID)
+			if ps.EventsIngested != first {
+				t.Fatalf("eventsIngested %d, want %d", ps.EventsIngested, first)
+			}
+			ps.NextPageToken = tt.token(t, e, in)
+			if err := e.st.SavePollState(t.Context(), ps); err != nil {
+				t.Fatal(err)
+			}
+			e.fake.ResetStats()
+			addLeadActivities(e.fake, later)
+
+			e.startPoller(poller.Options{})
+			e.waitStored(in.ID, first+later, 20*time.Second)
+			eventually(t, 5*time.Second, func() (bool, string) {
+				ps := e.pollState(in.ID)
+				return ps.EventsIngested == first+later, "eventsIngested " + itoa(ps.EventsIngested) + ", want repeats not counted"
+			})
+			checkGapFree(t, e.stored(in.ID), first+later)
+			if n := e.fake.Stats().RESTCallsByPath[activities]; n < 3 {
+				t.Fatalf("poller B made %d activities calls; the repeat did not happen", n)
+			}
+		})
+	}
+}
+
+func TestRevokedCredentialsStopPollingUntilFixed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	in := e.addInstance("inst")
+	addLeadActivities(e.fake, 10)
+	p, _ := e.startPoller(poller.Options{RescanEvery: time.Hour})
+	e.waitStored(in.ID, 10, 10*time.Second)
+
+	e.fake.RevokeClient("client-" + in.ID)
+	addLeadActivities(e.fake, 5)
+	var got store.Instance
+	eventually(t, 5*time.Second, func() (bool, string) {
+		var err error
+		got, err = e.st.InstanceByID(t.Context(), in.ID)
+		return err == nil && !got.Valid, "instance still valid"
+	})
+	if !strings.HasPrefix(got.InvalidReason, "Marketo refused the API credentials (") ||
+		strings.Contains(got.InvalidReason, secretOf(in.ID)) {
+		t.Fatalf("invalid reason %q", got.InvalidReason)
+	}
+	t.Logf("invalid reason: %s", got.InvalidReason)
+
+	// No more calls for it, not even token requests.
+	time.Sleep(3 * testInterval)
+	before := e.fake.Stats()
+	time.Sleep(8 * testInterval)
+	if after := e.fake.Stats(); after.RESTCalls != before.RESTCalls || after.TokenRequests != before.TokenRequests {
+		t.Fatalf("calls went on after the credentials were refused: REST %d→%d, tokens %d→%d",
+			before.RESTCalls, after.RESTCalls, before.TokenRequests, after.TokenRequests)
+	}
+	if err := p.PollNow(in.ID); !errors.Is(err, poller.ErrNotPollable) {
+		t.Fatalf("PollNow of an invalid instance: %v, want ErrNotPollable", err)
+	}
+
+	// The user reconnects with new credentials (what updateInstance does).
+	e.fake.AddClient("client-2", "new-secret")
+	_, err := e.st.UpdateInstance(t.Context(), "", in.ID, func(in *store.Instance) error {
+		withConfig(instance.KeyAPIKey, "client-2")(in)
+		withConfig(instance.KeyAPISecret, e.box.Seal("new-secret"))(in)
+		in.Valid, in.InvalidReason = true, ""
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Refresh()
+	e.waitStored(in.ID, 15, 10*time.Second)
+	checkGapFree(t, e.stored(in.ID), 15)
+	eventually(t, 5*time.Second, func() (bool, string) {
+		ps := e.pollState(in.ID)
+		return ps.EventsIngested == 15 && ps.LastError == "", "poll state: " + ps.LastError
+	})
+}
+
+func TestSharedLimitsAcrossInstances(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const instances, perInstance = 20, 650 // 5 calls each to catch up
+	ids := make([]string, instances)
+	for i := range ids {
+		ids[i] = "inst-" + itoa(int64(i))
+		e.addInstance(ids[i], withConfig(instance.KeyRefreshInterval, "3s"))
+	}
+	addLeadActivities(e.fake, perInstance)
+	e.fake.SetLatency(5 * time.Millisecond)
+
+	const window = 2 * time.Second
+	e.startPoller(poller.Options{
+		MaxConcurrent: 10, // more polls than the limits let call at once
+		Limits:        marketo.NewLimits(50, window, 5),
+	})
+	for _, id := range ids {
+		e.waitStored(id, perInstance, 30*time.Second)
+	}
+	for _, id := range ids {
+		checkGapFree(t, e.stored(id), perInstance)
+	}
+	st := e.fake.Stats()
+	if n := st.MaxInWindow(window); n > 50 {
+		t.Errorf("%d calls within %v; the limit is 50", n, window)
+	}
+	if st.MaxInFlight > 5 {
+		t.Errorf("%d calls in flight at once; the limit is 5", st.MaxInFlight)
+	}
+	if st.RESTCalls < instances*5 {
+		t.Errorf("only %d REST calls", st.RESTCalls)
+	}
+	t.Logf("REST calls %d, max in %v %d, max in flight %d", st.RESTCalls, window, st.MaxInWindow(window), st.MaxInFlight)
+}
+
+func TestPollNow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	hourly := withConfig(instance.KeyRefreshInterval, "1h")
+	in := e.addInstance("inst", hourly)
+	tests := []struct {
+		id      string
+		mod     func(*store.Instance)
+		wantErr bool
+	}{
+		{id: in.ID},
+		{id: "unknown", wantErr: true},
+		{id: "disabled", mod: func(in *store.Instance) { in.Disabled = true }, wantErr: true},
+		{id: "invalid", mod: func(in *store.Instance) { in.Valid = false; in.InvalidReason = "x" }, wantErr: true},
+		{id: "events-off", mod: withConfig(instance.KeyEventsEnabled, "false"), wantErr: true},
+		{id: "no-events-key", mod: func(in *store.Instance) {
+			in.Config = in.Config[:4] // credentials and URLs only
+		}, wantErr: true},
+	}
+	for _, tt := range tests {
+		if tt.mod != nil {
+			e.addInstance(tt.id, hourly, tt.mod)
+		}
+	}
+	addLeadActivities(e.fake, 3)
+	p, _ := e.startPoller(poller.Options{RescanEvery: time.Hour})
+	e.waitStored(in.ID, 3, 10*time.Second)
+
+	// Hourly: without PollNow nothing more would be polled.
+	addLeadActivities(e.fake, 2)
+	time.Sleep(5 * testInterval)
+	if n := len(e.stored(in.ID)); n != 3 {
+		t.Fatalf("%d events before PollNow, want 3", n)
+	}
+	for _, tt := range tests {
+		err := p.PollNow(tt.id)
+		if tt.wantErr != (err != nil) || (err != nil && !errors.Is(err, poller.ErrNotPollable)) {
+			t.Errorf("PollNow(%s) = %v, want error %v (ErrNotPollable)", tt.id, err, tt.wantErr)
+		}
+	}
+	start := time.Now()
+	e.waitStored(in.ID, 5, 5*time.Second)
+	t.Logf("PollNow: events stored %v later", time.Since(start).Round(time.Millisecond))
+
+	// A new instance is polled at once by PollNow, before any rescan.
+	late := e.addInstance("late", hourly)
+	if err := p.PollNow(late.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.waitStored(late.ID, 5, 5*time.Second)
+}
+
+func TestPicksUpNewInstances(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		rescanEvery time.Duration
+		refresh     bool
+	}{
+		{"on Refresh", time.Hour, true},
+		{"on rescan", 100 * time.Millisecond, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			p, _ := e.startPoller(poller.Options{RescanEvery: tt.rescanEvery})
+			time.Sleep(2 * testInterval) // running, with nothing to poll
+			in := e.addInstance("inst")
+			addLeadActivities(e.fake, 4)
+			if tt.refresh {
+				time.Sleep(4 * testInterval)
+				if n := e.fake.Stats().RESTCalls; n != 0 {
+					t.Fatalf("%d REST calls before Refresh", n)
+				}
+				p.Refresh()
+			}
+			e.waitStored(in.ID, 4, 10*time.Second)
+		})
+	}
+}
+
+func TestDisabledAndDeletedInstancesStop(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	in := e.addInstance("inst")
+	addLeadActivities(e.fake, 3)
+	p, _ := e.startPoller(poller.Options{RescanEvery: time.Hour})
+	e.waitStored(in.ID, 3, 10*time.Second)
+
+	quiet := func(what string) {
+		t.Helper()
+		time.Sleep(3 * testInterval) // a poll started before may still end
+		before := e.fake.Stats().RESTCalls
+		time.Sleep(6 * testInterval)
+		if after := e.fake.Stats().RESTCalls; after != before {
+			t.Fatalf("%s: REST calls went on (%d→%d)", what, before, after)
+		}
+	}
+	setDisabled := func(d bool) {
+		t.Helper()
+		if _, err := e.st.UpdateInstance(t.Context(), "", in.ID, func(in *store.Instance) error {
+			in.Disabled = d
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		p.Refresh()
+	}
+
+	setDisabled(true)
+	quiet("disabled")
+	addLeadActivities(e.fake, 2)
+	setDisabled(false)
+	e.waitStored(in.ID, 5, 10*time.Second)
+
+	// Deleted while a poll waits for Marketo: the poll is cancelled and
+	// writes nothing more for it.
+	e.fake.SetLatency(2 * time.Second)
+	eventually(t, 5*time.Second, func() (bool, string) {
+		return e.fake.Stats().InFlight > 0, "no call in flight"
+	})
+	if err := e.st.DeleteInstance(t.Context(), orgID, in.ID); err != nil {
+		t.Fatal(err)
+	}
+	p.Refresh()
+	eventually(t, time.Second, func() (bool, string) {
+		st := e.fake.Stats()
+		return st.InFlight == 0 && st.ByResult["canceled"] > 0, "the in-flight call of the deleted instance was not cancelled"
+	})
+	quiet("deleted")
+	if _, err := e.st.PollState(t.Context(), in.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("poll state of the deleted instance: %v, want not found", err)
+	}
+	if n := len(e.stored(in.ID)); n != 5 {
+		t.Fatalf("%d events of the deleted instance, want the 5 from before", n)
+	}
+}
+
+func TestRunTwiceAndStop(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.addInstance("inst")
+	p := poller.New(e.st, e.ing, e.box, poller.Options{MinInterval: testInterval})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	time.Sleep(testInterval)
+	if err := p.Run(ctx); err == nil {
+		t.Fatal("a second Run of a running poller returned nil")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
