@@ -31,6 +31,7 @@ type Config = graphql.Config[ResolverRoot, DirectiveRoot, ComplexityRoot]
 
 type ResolverRoot interface {
 	Instance() InstanceResolver
+	MarketoEvent() MarketoEventResolver
 	Mutation() MutationResolver
 	Query() QueryResolver
 	Subscription() SubscriptionResolver
@@ -154,6 +155,9 @@ type ComplexityRoot struct {
 
 type InstanceResolver interface {
 	Poller(ctx context.Context, obj *model.Instance) (*model.PollerStatus, error)
+}
+type MarketoEventResolver interface {
+	Delivery(ctx context.Context, obj *events.Event) (*events.Delivery, error)
 }
 type MutationResolver interface {
 	OauthURL(ctx context.Context, input model.OAuthURLInput) (*model.OAuthURL, error)
@@ -2651,7 +2655,7 @@ func (ec *executionContext) _MarketoEvent_delivery(ctx context.Context, field gr
 			return ec.fieldContext_MarketoEvent_delivery(ctx, field)
 		},
 		func(ctx context.Context) (any, error) {
-			return obj.Delivery, nil
+			return ec.Resolvers.MarketoEvent().Delivery(ctx, obj)
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *events.Delivery) graphql.Marshaler {
@@ -2665,8 +2669,8 @@ func (ec *executionContext) fieldContext_MarketoEvent_delivery(_ context.Context
 	fc = &graphql.FieldContext{
 		Object:     "MarketoEvent",
 		Field:      field,
-		IsMethod:   false,
-		IsResolver: false,
+		IsMethod:   true,
+		IsResolver: true,
 		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
 			return ec.childFields_Delivery(ctx, field)
 		},
@@ -5178,58 +5182,59 @@ func (ec *executionContext) _MarketoEvent(ctx context.Context, sel ast.Selection
 		case "id":
 			out.Values[i] = ec._MarketoEvent_id(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "cursor":
 			out.Values[i] = ec._MarketoEvent_cursor(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "instanceId":
 			out.Values[i] = ec._MarketoEvent_instanceId(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "source":
 			out.Values[i] = ec._MarketoEvent_source(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "eventType":
 			out.Values[i] = ec._MarketoEvent_eventType(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "objectType":
 			out.Values[i] = ec._MarketoEvent_objectType(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "objectId":
 			out.Values[i] = ec._MarketoEvent_objectId(ctx, field, obj)
 			if out.Values[i] == graphql.RequiredNull {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "occurredAt":
 			out.Values[i] = ec._MarketoEvent_occurredAt(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "receivedAt":
 			out.Values[i] = ec._MarketoEvent_receivedAt(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "payload":
 			out.Values[i] = ec._MarketoEvent_payload(ctx, field, obj)
 			if out.Values[i] == graphql.Null {
-				out.Invalids++
+				atomic.AddUint32(&out.Invalids, 1)
 			}
 		case "delivery":
-			out.Values[i] = ec._MarketoEvent_delivery(ctx, field, obj)
-			if out.Values[i] == graphql.RequiredNull {
-				out.Invalids++
-			}
+			out.ResolveConcurrently(ec.OperationContext, &deferred, i,
+				true, false,
+				func(ctx context.Context) graphql.Marshaler {
+					return ec._MarketoEvent_delivery(ctx, field, obj)
+				})
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}

@@ -21,6 +21,7 @@ type EventStore interface {
 	EventsAfter(ctx context.Context, orgID, instanceID string, after int64, limit int) ([]*events.Event, error)
 	Attempts(ctx context.Context, instanceID string, limit int) ([]events.Attempt, error)
 	PollState(ctx context.Context, instanceID string) (store.PollState, error)
+	PendingDelivery(ctx context.Context, eventID string) (events.Delivery, bool, error)
 }
 
 // Poller starts polls on demand.

@@ -29,6 +29,18 @@ func (r *instanceResolver) Poller(ctx context.Context, obj *model.Instance) (*mo
 	return pollerStatus(ps), nil
 }
 
+// Delivery is the resolver for the delivery field.
+func (r *marketoEventResolver) Delivery(ctx context.Context, obj *events.Event) (*events.Delivery, error) {
+	if obj.Delivery == nil || obj.Delivery.State != events.DeliveryPending {
+		return obj.Delivery, nil
+	}
+	d, ok, err := r.Store.PendingDelivery(ctx, obj.ID)
+	if err != nil || !ok {
+		return obj.Delivery, err
+	}
+	return &d, nil
+}
+
 // OauthURL is the resolver for the oauthUrl field.
 func (r *mutationResolver) OauthURL(ctx context.Context, input model.OAuthURLInput) (*model.OAuthURL, error) {
 	id, err := caller(ctx)
@@ -252,7 +264,7 @@ func (r *subscriptionResolver) MarketoEvents(ctx context.Context, instanceID *st
 	if _, err := events.ParseCursor(deref(after)); err != nil {
 		return nil, apperr.Wrap(apperr.BadUserInput, err, "after is not a cursor of this API")
 	}
-	st, err := events.OpenStream(ctx, r.Broker, r.Store, f, deref(after))
+	st, err := events.Streamer{Broker: r.Broker, History: r.Store}.Open(ctx, f, deref(after))
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +275,9 @@ func (r *subscriptionResolver) MarketoEvents(ctx context.Context, instanceID *st
 // Instance returns InstanceResolver implementation.
 func (r *Resolver) Instance() InstanceResolver { return &instanceResolver{r} }
 
+// MarketoEvent returns MarketoEventResolver implementation.
+func (r *Resolver) MarketoEvent() MarketoEventResolver { return &marketoEventResolver{r} }
+
 // Mutation returns MutationResolver implementation.
 func (r *Resolver) Mutation() MutationResolver { return &mutationResolver{r} }
 
@@ -272,7 +287,10 @@ func (r *Resolver) Query() QueryResolver { return &queryResolver{r} }
 // Subscription returns SubscriptionResolver implementation.
 func (r *Resolver) Subscription() SubscriptionResolver { return &subscriptionResolver{r} }
 
-type instanceResolver struct{ *Resolver }
-type mutationResolver struct{ *Resolver }
-type queryResolver struct{ *Resolver }
-type subscriptionResolver struct{ *Resolver }
+type (
+	instanceResolver     struct{ *Resolver }
+	marketoEventResolver struct{ *Resolver }
+	mutationResolver     struct{ *Resolver }
+	queryResolver        struct{ *Resolver }
+	subscriptionResolver struct{ *Resolver }
+)

@@ -44,7 +44,8 @@ type Result struct {
 type Store interface {
 	// InsertEvents reports, per event, nil or an error matching ErrDuplicateKey.
 	InsertEvents(ctx context.Context, evs []*Event) ([]error, error)
-	EventsByDedupeKey(ctx context.Context, instanceID string, keys []string) ([]*Event, error)
+	// EventsByID returns the events among ids that are stored.
+	EventsByID(ctx context.Context, ids []string) ([]*Event, error)
 	MaxSeq(ctx context.Context, instanceID string) (int64, error)
 }
 
@@ -214,7 +215,7 @@ func (w *shardWriter) write(batch []*request) {
 
 	var pending []*slot
 	byKey := map[[2]string]*slot{} // first slot of each key in this batch
-	keysOf := map[string][]string{}
+	var keyed []string // ids of drafts that carry a dedupe key
 	for _, r := range batch {
 		for i, d := range r.drafts {
 			key := d.DedupeKey
@@ -229,20 +230,22 @@ func (w *shardWriter) write(batch []*request) {
 			}
 			byKey[k] = s
 			if d.DedupeKey != "" {
-				keysOf[d.InstanceID] = append(keysOf[d.InstanceID], key)
+				keyed = append(keyed, eventID(d.InstanceID, key))
 			}
 		}
 	}
-	// Already stored (a repeated page, a crash replay): answer with the stored event.
+	// Already stored (a repeated page, a crash replay): answer with the
+	// stored event. Keyed events have an id derived from their key, so this
+	// is a lookup by _id, which the embedded store answers without a scan.
 	existing := map[[2]string]*Event{}
-	for inst, keys := range keysOf {
-		evs, err := w.in.store.EventsByDedupeKey(ctx, inst, keys)
+	if len(keyed) > 0 {
+		evs, err := w.in.store.EventsByID(ctx, keyed)
 		if err != nil {
 			w.failAll(batch, err)
 			return
 		}
 		for _, e := range evs {
-			existing[[2]string{inst, e.DedupeKey}] = e
+			existing[[2]string{e.InstanceID, e.DedupeKey}] = e
 		}
 	}
 	var toInsert []*slot
@@ -257,7 +260,7 @@ func (w *shardWriter) write(batch []*request) {
 			continue // in-batch repeat, answered below
 		}
 		s.ev = &Event{
-			ID: uuid.NewString(), InstanceID: d.InstanceID, OrgID: d.OrgID, DedupeKey: s.key,
+			ID: eventID(d.InstanceID, s.key), InstanceID: d.InstanceID, OrgID: d.OrgID, DedupeKey: s.key,
 			Source: d.Source, EventType: d.EventType, ObjectType: d.ObjectType, ObjectID: d.ObjectID,
 			OccurredAt: d.OccurredAt.UTC(), ReceivedAt: now, Payload: d.Payload,
 		}
@@ -311,7 +314,7 @@ func (w *shardWriter) write(batch []*request) {
 		toInsert = nil
 		for _, s := range retry {
 			delete(w.lastSeq, s.ev.InstanceID)
-			evs, err := w.in.store.EventsByDedupeKey(ctx, s.ev.InstanceID, []string{s.key})
+			evs, err := w.in.store.EventsByID(ctx, []string{s.ev.ID})
 			if err == nil && len(evs) == 1 {
 				s.r.results[s.i] = Result{Event: evs[0], Duplicate: true}
 				continue
@@ -358,6 +361,15 @@ func (w *shardWriter) assignSeqs(ctx context.Context, slots []*slot) error {
 		w.lastSeq[inst] = last
 	}
 	return nil
+}
+
+// idSpace names the ids derived from dedupe keys.
+var idSpace = uuid.MustParse("7c5d4a52-8f0e-4b61-9a53-2f8e3c1d0b7a")
+
+// eventID is the event's id: derived from its instance and dedupe key, so
+// that a repeat of one Marketo activity collides on _id.
+func eventID(instanceID, key string) string {
+	return uuid.NewSHA1(idSpace, []byte(instanceID+"\x00"+key)).String()
 }
 
 func (w *shardWriter) failSlots(slots []*slot, err error) {

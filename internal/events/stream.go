@@ -36,13 +36,22 @@ func (s *Stream) Err() error {
 	return s.sub.Err()
 }
 
-const replayPage = 500
+// Streamer opens subscriber streams over a broker and the stored history.
+type Streamer struct {
+	Broker   *Broker
+	History  History
+	PageSize int // events per history read during replay (default 500)
+}
 
-// OpenStream subscribes before it reads history, so an event stored while
+// Open subscribes before it reads history, so an event stored while
 // the replay runs arrives live and is dropped there if the replay had it.
 // Without after, the broker's channel is handed out as it is: no goroutine
 // per idle subscription. The stream is closed when ctx ends.
-func OpenStream(ctx context.Context, b *Broker, h History, f Filter, after string) (*Stream, error) {
+func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, error) {
+	b, h, page := sr.Broker, sr.History, sr.PageSize
+	if page <= 0 {
+		page = 500
+	}
 	if after != "" && f.InstanceID == "" {
 		return nil, ErrAfterNeedsInstance
 	}
@@ -71,7 +80,7 @@ func OpenStream(ctx context.Context, b *Broker, h History, f Filter, after strin
 			}
 		}
 		for {
-			evs, err := h.EventsAfter(ctx, f.OrgID, f.InstanceID, last, replayPage)
+			evs, err := h.EventsAfter(ctx, f.OrgID, f.InstanceID, last, page)
 			if err != nil {
 				if ctx.Err() == nil {
 					st.mu.Lock()
@@ -87,7 +96,7 @@ func OpenStream(ctx context.Context, b *Broker, h History, f Filter, after strin
 				}
 				last = e.Seq
 			}
-			if len(evs) < replayPage {
+			if len(evs) < page {
 				break
 			}
 		}

@@ -110,8 +110,17 @@ func attempts(t *testing.T, s *store.Store, instanceID string) []events.Attempt 
 	return as
 }
 
+// delivery is an event's current delivery state: from the delivery queue
+// while pending, from the event once final.
 func delivery(t *testing.T, s *store.Store, ev *events.Event) events.Delivery {
 	t.Helper()
+	d, ok, err := s.PendingDelivery(context.Background(), ev.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok {
+		return d
+	}
 	return *storedOne(t, s, ev).Delivery
 }
 

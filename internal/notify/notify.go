@@ -54,7 +54,8 @@ type Options struct {
 	AttemptTimeout time.Duration // default 10s per attempt
 	Workers        int           // concurrent deliveries, default 8
 	PollInterval   time.Duration // how often the store is scanned when not woken, default 1s
-	// HTTPClient sends the POSTs (default: a client on http.DefaultTransport).
+	// HTTPClient sends the POSTs (default: a client on a clone of
+	// http.DefaultTransport, whose idle connections Run closes on return).
 	// Its CheckRedirect is replaced: a redirect is never followed and counts
 	// as a failed attempt.
 	HTTPClient *http.Client
@@ -105,7 +106,11 @@ func New(s Store, t Targets, o Options) *Notifier {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	// Our own transport by default, so Run can close its idle connections.
 	client := &http.Client{}
+	if tr, ok := http.DefaultTransport.(*http.Transport); ok {
+		client.Transport = tr.Clone()
+	}
 	if o.HTTPClient != nil {
 		c := *o.HTTPClient
 		client = &c
@@ -140,6 +145,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 		return errors.New("notify: Run is already running")
 	}
 	defer n.running.Store(false)
+	defer n.client.CloseIdleConnections() // after the drain below: no keep-alive goroutines outlive Run
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -148,43 +154,64 @@ func (n *Notifier) Run(ctx context.Context) error {
 	defer timer.Stop()
 
 	for ctx.Err() == nil {
+		r := n.scan(ctx, &wg, slots)
+		// On the embedded store a scan's cost grows with the events stored;
+		// spacing scans by their own duration keeps them to about half of
+		// the store's time, however often Wake is called.
+		notBefore := time.Now().Add(r.took)
 		wait := n.o.PollInterval
-		dispatched, full, err := n.scan(ctx, &wg, slots)
-		if err == nil && full && dispatched > 0 {
+		if r.err == nil && r.full && r.dispatched > 0 {
 			wait = 0 // more may be due than one batch held
 		}
 		if next, ok := n.nextRetry(); ok {
 			wait = min(wait, max(next.Sub(n.o.Now()), 0))
 		}
-		if wait == 0 {
-			continue
-		}
-		timer.Reset(wait)
-		select {
-		case <-ctx.Done():
-		case <-n.wake:
-		case <-timer.C:
-		}
-		timer.Stop()
+		pause(ctx, timer, wait, n.wake)
+		pause(ctx, timer, time.Until(notBefore), nil)
 	}
 	return nil
 }
 
+// pause waits d, less when ctx ends or wake (if not nil) fires.
+func pause(ctx context.Context, timer *time.Timer, d time.Duration, wake <-chan struct{}) {
+	if d <= 0 {
+		return
+	}
+	timer.Reset(d)
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-timer.C:
+	}
+	timer.Stop()
+}
+
+type scanResult struct {
+	dispatched int
+	full       bool // the batch was full: more may be due
+	took       time.Duration
+	err        error
+}
+
 // scan reads the due deliveries and hands each one not in flight to a worker.
-func (n *Notifier) scan(ctx context.Context, wg *sync.WaitGroup, slots chan struct{}) (dispatched int, full bool, err error) {
+func (n *Notifier) scan(ctx context.Context, wg *sync.WaitGroup, slots chan struct{}) (r scanResult) {
 	now := n.o.Now()
 	n.mu.Lock()
 	clear(n.released)
 	n.retries.popThrough(now)
 	n.mu.Unlock()
 
+	began := time.Now()
 	evs, err := n.store.DueDeliveries(ctx, now, n.batch)
+	r.took = time.Since(began)
 	if err != nil {
 		if ctx.Err() == nil {
 			n.log.Error("notify: reading due deliveries", "err", err)
 		}
-		return 0, false, err
+		r.err = err
+		return r
 	}
+	r.full = len(evs) == n.batch
 	for _, ev := range evs {
 		if ev.Delivery == nil || ev.Delivery.State != events.DeliveryPending || !n.claim(ev.ID) {
 			continue
@@ -193,9 +220,9 @@ func (n *Notifier) scan(ctx context.Context, wg *sync.WaitGroup, slots chan stru
 		case slots <- struct{}{}:
 		case <-ctx.Done():
 			n.release(ev.ID, time.Time{})
-			return dispatched, false, nil
+			return r
 		}
-		dispatched++
+		r.dispatched++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -203,7 +230,7 @@ func (n *Notifier) scan(ctx context.Context, wg *sync.WaitGroup, slots chan stru
 			n.release(ev.ID, n.handle(ctx, ev))
 		}()
 	}
-	return dispatched, len(evs) == n.batch, nil
+	return r
 }
 
 // claim marks an event in flight; false when it is already, or when it was

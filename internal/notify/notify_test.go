@@ -7,9 +7,11 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -244,6 +246,8 @@ func TestOutcomes(t *testing.T) {
 			var posts atomic.Int64
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				n := int(posts.Add(1))
+				// Reading the body lets the server notice the client hanging up.
+				_, _ = io.Copy(io.Discard, r.Body)
 				if tc.respond != nil {
 					tc.respond(n, w, r)
 				}
@@ -319,9 +323,54 @@ func TestOutcomes(t *testing.T) {
 	}
 }
 
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		base    time.Duration
+		attempt int
+		want    time.Duration
+	}{
+		{4 * time.Second, 1, 4 * time.Second},
+		{4 * time.Second, 2, 16 * time.Second},
+		{4 * time.Second, 3, 64 * time.Second},
+		{4 * time.Second, 9, 4 * time.Second * 65536}, // the 9th and last retry: about 72.8h
+		{10 * time.Millisecond, 5, 2560 * time.Millisecond},
+		{time.Duration(math.MaxInt64 / 2), 9, time.Duration(math.MaxInt64)}, // no overflow
+	}
+	for _, tc := range tests {
+		if got := notify.BackoffAfter(tc.base, tc.attempt); got != tc.want {
+			t.Errorf("backoff after attempt %d with base %s = %s, want %s", tc.attempt, tc.base, got, tc.want)
+		}
+	}
+}
+
+// recorder is the real store, remembering the delivery states and attempts
+// written through it, with their exact (not millisecond-rounded) times.
+type recorder struct {
+	*store.Store
+	mu         sync.Mutex
+	deliveries []events.Delivery
+	attempts   []events.Attempt
+}
+
+func (r *recorder) SetDelivery(ctx context.Context, eventID string, d events.Delivery) error {
+	r.mu.Lock()
+	r.deliveries = append(r.deliveries, d)
+	r.mu.Unlock()
+	return r.Store.SetDelivery(ctx, eventID, d)
+}
+
+func (r *recorder) InsertAttempt(ctx context.Context, a events.Attempt) error {
+	r.mu.Lock()
+	r.attempts = append(r.attempts, a)
+	r.mu.Unlock()
+	return r.Store.InsertAttempt(ctx, a)
+}
+
 // TestGivesUpAfterMaxAttempts: an always-failing receiver gets 10 attempts,
-// spaced by a growing backoff, then the delivery is FAILED. RetryBase is tiny
-// because the 9th retry waits RetryBase*4^8.
+// each retry scheduled RetryBase*4^(k-1) after attempt k ended and not
+// started before, then the delivery is FAILED. RetryBase is tiny because the
+// 9th retry waits RetryBase*4^8.
 func TestGivesUpAfterMaxAttempts(t *testing.T) {
 	t.Parallel()
 	s := storetest.New(t)
@@ -371,7 +420,8 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 			tg.set(instanceID, tc.url, "")
 			ev := addEvents(t, s, instanceID, 1)[0]
 			var obs observed
-			n := notify.New(s, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, PollInterval: time.Hour, Observe: obs.observe})
+			rec := &recorder{Store: s}
+			n := notify.New(rec, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, PollInterval: time.Hour, Observe: obs.observe})
 			stop := start(t, n)
 			d := waitState(t, s, ev, events.DeliveryFailed)
 			stop()
@@ -396,20 +446,34 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 					t.Errorf("attempt %d: number %d, status %d, error %v", k+1, a.Attempt, status, ptrString(a.Error))
 				}
 			}
-			// Retry k waits base*4^(k-1) after attempt k; At is stored to the ms.
-			gaps := make([]time.Duration, len(as))
-			for k := 1; k < len(as); k++ {
-				gaps[k] = as[k].At.Sub(as[k-1].At)
-				if want := base << (2 * (k - 1)); gaps[k] < want-time.Millisecond {
-					t.Errorf("attempt %d came %s after attempt %d, want at least %s", k+1, gaps[k], k, want)
+
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if len(rec.deliveries) != notify.MaxAttempts || len(rec.attempts) != notify.MaxAttempts {
+				t.Fatalf("%d delivery writes and %d attempt writes, want %d each", len(rec.deliveries), len(rec.attempts), notify.MaxAttempts)
+			}
+			var scheduled []time.Duration
+			for k := 1; k < notify.MaxAttempts; k++ {
+				a, w := rec.attempts[k-1], rec.deliveries[k-1]
+				if w.State != events.DeliveryPending || w.Attempts != k || w.NextAttemptAt == nil {
+					t.Fatalf("delivery write %d = %+v, want PENDING after %d attempts with a next attempt", k, w, k)
+				}
+				// Scheduled from the end of attempt k: its start, plus its
+				// duration, plus the backoff (and a little for our own work).
+				wait := w.NextAttemptAt.Sub(a.At)
+				scheduled = append(scheduled, wait)
+				lo := base << (2 * (k - 1)) // RetryBase * 4^(k-1), computed here, not by notify
+				hi := lo + time.Duration(a.DurationMs+1)*time.Millisecond + 50*time.Millisecond
+				if wait < lo || wait > hi {
+					t.Errorf("after attempt %d the retry is due %s after its start, want within [%s, %s]", k, wait, lo, hi)
+				}
+				// Store comparisons round to the millisecond.
+				if next := rec.attempts[k].At; next.Before(w.NextAttemptAt.Add(-time.Millisecond)) {
+					t.Errorf("attempt %d started at %s, before it was due at %s", k+1, next, *w.NextAttemptAt)
 				}
 			}
-			// Where the backoff outweighs scheduling noise, the gaps grow.
-			for k := 7; k < len(as); k++ {
-				if gaps[k] <= gaps[k-1] {
-					t.Errorf("gaps do not grow: %v", gaps[1:])
-					break
-				}
+			if t.Failed() {
+				t.Logf("retries scheduled after each attempt's start: %v", scheduled)
 			}
 			if want := map[string]int{notify.OutcomeFailedAttempt: 10, notify.OutcomeGaveUp: 1}; !maps.Equal(obs.counts(), want) {
 				t.Errorf("observed %v, want %v", obs.counts(), want)
@@ -482,7 +546,7 @@ func TestResumesAfterRestart(t *testing.T) {
 func TestConcurrentDeliveries(t *testing.T) {
 	t.Parallel()
 	s := storetest.New(t)
-	const total, workers = 200, 8
+	const total, workers = concurrentEvents, 8
 
 	type perID struct {
 		inFlight, maxInFlight, posts, oks, postsAfterOK int
@@ -535,9 +599,17 @@ func TestConcurrentDeliveries(t *testing.T) {
 	mu.Unlock()
 	tg := newTargets()
 	tg.set("inst-many", srv.URL, "whsec_c2VjcmV0")
+	// Waiting on the outcome hook rather than reading the store keeps the
+	// test's own load off the store.
+	var delivered atomic.Int64
 	n := notify.New(s, tg, notify.Options{
 		RetryBase: 5 * time.Millisecond, AttemptTimeout: 2 * time.Second,
 		Workers: workers, PollInterval: time.Millisecond,
+		Observe: func(outcome string) {
+			if outcome == notify.OutcomeDelivered {
+				delivered.Add(1)
+			}
+		},
 	})
 	stop := start(t, n)
 	wakeCtx, stopWaking := context.WithCancel(context.Background())
@@ -551,14 +623,7 @@ func TestConcurrentDeliveries(t *testing.T) {
 		}
 	}()
 
-	waitFor(t, 15*time.Second, "every event DELIVERED", func() bool {
-		for _, e := range stored(t, s, "inst-many") {
-			if e.Delivery.State != events.DeliveryDelivered {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, 60*time.Second, "every event delivered", func() bool { return delivered.Load() == total })
 	stopWaking()
 	wakers.Wait()
 	stop()
@@ -720,4 +785,40 @@ func ptrString(p *string) string {
 		return "<nil>"
 	}
 	return *p
+}
+
+// TestRunLeavesNoGoroutines runs alone (not parallel), so any notifier or
+// HTTP-client goroutine left after Run returns is this notifier's.
+func TestRunLeavesNoGoroutines(t *testing.T) {
+	s := storetest.New(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(srv.Close)
+	tg := newTargets()
+	tg.set("inst-leak", srv.URL, "k")
+	evs := addEvents(t, s, "inst-leak", 5)
+	n := notify.New(s, tg, notify.Options{Workers: 3, PollInterval: 5 * time.Millisecond})
+	stop := start(t, n)
+	for _, ev := range evs {
+		waitState(t, s, ev, events.DeliveryDelivered)
+	}
+	stop()
+
+	// Goroutines end asynchronously (a closed connection's loops): allow a moment.
+	var leaked string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		leaked = ""
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "internal/notify.(*Notifier)") || strings.Contains(g, "net/http.(*persistConn)") {
+				leaked += g + "\n\n"
+			}
+		}
+		if leaked == "" || time.Now().After(deadline) {
+			break
+		}
+	}
+	if leaked != "" {
+		t.Errorf("left running after Run returned:\n%s", leaked)
+	}
 }

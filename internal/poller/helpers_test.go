@@ -37,6 +37,9 @@ type env struct {
 	box    *secrets.Box
 	broker *events.Broker
 	ing    *events.Ingester
+
+	mu     sync.Mutex
+	counts map[string]int // events stored per instance, from the ingester
 }
 
 func newEnv(t *testing.T) *env {
@@ -50,10 +53,26 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	broker := events.NewBroker(100_000)
-	ing := events.NewIngester(st, broker, events.IngesterOptions{})
-	t.Cleanup(ing.Close)
-	return &env{t: t, fake: fake, st: st, box: box, broker: broker, ing: ing}
+	e := &env{t: t, fake: fake, st: st, box: box, broker: events.NewBroker(100_000), counts: map[string]int{}}
+	e.ing = events.NewIngester(st, e.broker, events.IngesterOptions{Stored: e.onStored})
+	t.Cleanup(e.ing.Close)
+	return e
+}
+
+// onStored counts stored events, so that tests wait without querying the
+// store in a loop (the embedded store under -race is slow to scan).
+func (e *env) onStored(evs []*events.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range evs {
+		e.counts[ev.InstanceID]++
+	}
+}
+
+func (e *env) count(instanceID string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.counts[instanceID]
 }
 
 func secretOf(id string) string { return "s3cret-of-" + id }
@@ -159,13 +178,20 @@ func (e *env) pollState(instanceID string) store.PollState {
 	return ps
 }
 
-// waitStored waits until an instance has n stored events.
+// waitStored waits until n events of an instance were stored, then checks
+// the store holds exactly n.
 func (e *env) waitStored(instanceID string, n int, timeout time.Duration) {
 	e.t.Helper()
 	eventually(e.t, timeout, func() (bool, string) {
-		got := len(e.stored(instanceID))
-		return got == n, fmt.Sprintf("%s has %d stored events, want %d", instanceID, got, n)
+		got := e.count(instanceID)
+		if got > n {
+			e.t.Fatalf("%d events of %s stored, want %d", got, instanceID, n)
+		}
+		return got == n, fmt.Sprintf("%d events of %s stored, want %d", got, instanceID, n)
 	})
+	if got := len(e.stored(instanceID)); got != n {
+		e.t.Fatalf("the store holds %d events of %s, want %d", got, instanceID, n)
+	}
 }
 
 // eventually retries cond every 10 ms until it holds or timeout passes.

@@ -15,9 +15,27 @@ import (
 
 // InsertEvents writes a batch in one round trip (the embedded store takes a
 // batch about ten times faster than single inserts). The answer has one entry
-// per event: nil, ErrDuplicate (a unique key — sequence or dedupe key — is
-// taken), or another error.
+// per event: nil, ErrDuplicate (a unique key — id or sequence — is taken),
+// or another error.
+//
+// Events with a pending delivery are first entered in the delivery queue, a
+// small collection the notifier scans instead of every event (the embedded
+// store can only look documents up by _id; any other filter reads the whole
+// collection). Queue first: a crash in between leaves a queue entry without
+// an event, which the notifier drops, never an event without its entry.
 func (s *Store) InsertEvents(ctx context.Context, evs []*events.Event) ([]error, error) {
+	var queue []any
+	for _, e := range evs {
+		if e.Delivery != nil && e.Delivery.State == events.DeliveryPending {
+			queue = append(queue, queueEntry{EventID: e.ID, InstanceID: e.InstanceID, NextAttemptAt: deref(e.Delivery.NextAttemptAt), Delivery: *e.Delivery})
+		}
+	}
+	if len(queue) > 0 {
+		_, err := s.db.Collection(colQueue).InsertMany(ctx, queue, options.InsertMany().SetOrdered(false))
+		if err != nil && !onlyDuplicates(err) {
+			return nil, wrap("queue deliveries", err)
+		}
+	}
 	docs := make([]any, len(evs))
 	for i, e := range evs {
 		docs[i] = e
@@ -44,17 +62,65 @@ func (s *Store) InsertEvents(ctx context.Context, evs []*events.Event) ([]error,
 	return errs, nil
 }
 
-// EventsByDedupeKey returns the stored events of an instance among keys.
-func (s *Store) EventsByDedupeKey(ctx context.Context, instanceID string, keys []string) ([]*events.Event, error) {
-	cur, err := s.db.Collection(colEvents).Find(ctx, bson.D{
-		{Key: "instanceId", Value: instanceID},
-		{Key: "dedupeKey", Value: bson.D{{Key: "$in", Value: keys}}},
-	})
-	if err != nil {
-		return nil, wrap("find events by dedupe key", err)
+// queueEntry is a pending delivery. While pending, its state lives here,
+// in a small collection, and only the final state is written to the event:
+// the embedded store's updates get slower as a collection grows.
+type queueEntry struct {
+	EventID       string          `bson:"_id"`
+	InstanceID    string          `bson:"instanceId"`
+	NextAttemptAt time.Time       `bson:"nextAttemptAt"`
+	Delivery      events.Delivery `bson:"delivery"`
+}
+
+// orphanGrace is how long a queue entry may wait for its event: the entry
+// is written just before the event, so a young orphan is an insert in
+// progress, not a leftover.
+const orphanGrace = time.Minute
+
+func onlyDuplicates(err error) bool {
+	var bwe mongo.BulkWriteException
+	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
+		return false
 	}
+	for _, we := range bwe.WriteErrors {
+		if !mongo.IsDuplicateKeyError(we) {
+			return false
+		}
+	}
+	return true
+}
+
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}
+
+// EventsByID returns the stored events among ids, one _id lookup each:
+// the only lookup the embedded store answers without a full scan.
+func (s *Store) EventsByID(ctx context.Context, ids []string) ([]*events.Event, error) {
 	var out []*events.Event
-	return out, wrap("find events by dedupe key", cur.All(ctx, &out))
+	for _, id := range ids {
+		e, err := s.Event(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// Event returns one event by id, whatever its organization.
+func (s *Store) Event(ctx context.Context, id string) (*events.Event, error) {
+	var e events.Event
+	if err := s.db.Collection(colEvents).FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&e); err != nil {
+		return nil, wrap("find event", err)
+	}
+	return &e, nil
 }
 
 // MaxSeq returns the highest sequence number stored for an instance, 0 if none.
@@ -84,24 +150,70 @@ func (s *Store) EventsAfter(ctx context.Context, orgID, instanceID string, after
 }
 
 // DueDeliveries returns up to limit events whose callback delivery is pending
-// and due at now, oldest due first.
+// and due at now, oldest due first, with their current delivery state.
+// Entries whose event never arrived (a crash between the two inserts) are
+// dropped once they are older than orphanGrace.
 func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*events.Event, error) {
-	cur, err := s.db.Collection(colEvents).Find(ctx, bson.D{
-		{Key: "delivery.state", Value: events.DeliveryPending},
-		{Key: "delivery.nextAttemptAt", Value: bson.D{{Key: "$lte", Value: now}}},
-	}, options.Find().SetSort(bson.D{{Key: "delivery.nextAttemptAt", Value: 1}}).SetLimit(int64(limit)))
+	cur, err := s.db.Collection(colQueue).Find(ctx, bson.D{{Key: "nextAttemptAt", Value: bson.D{{Key: "$lte", Value: now}}}},
+		options.Find().SetSort(bson.D{{Key: "nextAttemptAt", Value: 1}}).SetLimit(int64(limit)))
 	if err != nil {
 		return nil, wrap("due deliveries", err)
 	}
-	var out []*events.Event
-	return out, wrap("due deliveries", cur.All(ctx, &out))
+	var due []queueEntry
+	if err := cur.All(ctx, &due); err != nil {
+		return nil, wrap("due deliveries", err)
+	}
+	out := make([]*events.Event, 0, len(due))
+	for _, q := range due {
+		e, err := s.Event(ctx, q.EventID)
+		if errors.Is(err, ErrNotFound) {
+			if q.NextAttemptAt.Before(now.Add(-orphanGrace)) {
+				if _, err := s.db.Collection(colQueue).DeleteOne(ctx, bson.D{{Key: "_id", Value: q.EventID}}); err != nil {
+					return nil, wrap("drop queue entry", err)
+				}
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		d := q.Delivery
+		e.Delivery = &d
+		out = append(out, e)
+	}
+	return out, nil
 }
 
-// SetDelivery records an event's new delivery state. The notifier is the
-// single writer of delivery state, one event at a time.
+// PendingDelivery returns the current state of an event's pending
+// delivery; ok is false when none is pending.
+func (s *Store) PendingDelivery(ctx context.Context, eventID string) (events.Delivery, bool, error) {
+	var q queueEntry
+	err := s.db.Collection(colQueue).FindOne(ctx, bson.D{{Key: "_id", Value: eventID}}).Decode(&q)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return events.Delivery{}, false, nil
+	}
+	if err != nil {
+		return events.Delivery{}, false, wrap("pending delivery", err)
+	}
+	return q.Delivery, true, nil
+}
+
+// SetDelivery records an event's new delivery state: in its queue entry
+// while pending, on the event itself once final. The notifier is the single
+// writer of delivery state, one event at a time.
 func (s *Store) SetDelivery(ctx context.Context, eventID string, d events.Delivery) error {
+	q := s.db.Collection(colQueue)
+	if d.State == events.DeliveryPending {
+		_, err := q.UpdateOne(ctx, bson.D{{Key: "_id", Value: eventID}}, bson.D{{Key: "$set", Value: bson.D{
+			{Key: "nextAttemptAt", Value: deref(d.NextAttemptAt)}, {Key: "delivery", Value: d}}}})
+		return wrap("requeue delivery", err)
+	}
 	_, err := s.db.Collection(colEvents).UpdateOne(ctx, bson.D{{Key: "_id", Value: eventID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "delivery", Value: d}}}})
-	return wrap("set delivery", err)
+	if err != nil {
+		return wrap("set delivery", err)
+	}
+	_, err = q.DeleteOne(ctx, bson.D{{Key: "_id", Value: eventID}})
+	return wrap("dequeue delivery", err)
 }
 
 // DeleteEventsOf removes every event and delivery attempt of an instance.
@@ -109,6 +221,9 @@ func (s *Store) DeleteEventsOf(ctx context.Context, instanceID string) error {
 	f := bson.D{{Key: "instanceId", Value: instanceID}}
 	if _, err := s.db.Collection(colEvents).DeleteMany(ctx, f); err != nil {
 		return wrap("delete events", err)
+	}
+	if _, err := s.db.Collection(colQueue).DeleteMany(ctx, f); err != nil {
+		return wrap("delete queued deliveries", err)
 	}
 	_, err := s.db.Collection(colAttempts).DeleteMany(ctx, f)
 	return wrap("delete attempts", err)

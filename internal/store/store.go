@@ -164,9 +164,8 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		colOAuthRequests: {{Keys: bson.D{{Key: "expiresAt", Value: 1}}}},
 		colEvents: {
 			{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetUnique(true)},
-			{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "dedupeKey", Value: 1}}, Options: options.Index().SetUnique(true)},
-			{Keys: bson.D{{Key: "delivery.state", Value: 1}, {Key: "delivery.nextAttemptAt", Value: 1}}},
 		},
+		colQueue: {{Keys: bson.D{{Key: "nextAttemptAt", Value: 1}}}},
 		colAttempts: {{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "at", Value: -1}}}},
 	}
 	for col, models := range idx {
@@ -227,6 +226,7 @@ const (
 	colRedemptions   = "oauth_redemptions"
 	colEvents        = "events"
 	colAttempts      = "delivery_attempts"
+	colQueue         = "delivery_queue"
 	colPollStates    = "poll_states"
 )
 

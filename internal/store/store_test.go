@@ -73,7 +73,7 @@ func TestUpdateInstanceSerialised(t *testing.T) {
 	}
 }
 
-// Batch inserts report a taken sequence number or dedupe key per event.
+// Batch inserts report a taken sequence number or id per event.
 func TestInsertEventsReportsDuplicates(t *testing.T) {
 	s := storetest.New(t)
 	ctx := context.Background()
@@ -84,7 +84,8 @@ func TestInsertEventsReportsDuplicates(t *testing.T) {
 	if err != nil || errs[0] != nil || errs[1] != nil {
 		t.Fatalf("first batch: %v %v", errs, err)
 	}
-	errs, err = s.InsertEvents(ctx, []*events.Event{ev("c", 2, "k3"), ev("d", 3, "k1"), ev("e", 3, "k4")})
+	// c takes a used sequence number, a again is a used id; e is new.
+	errs, err = s.InsertEvents(ctx, []*events.Event{ev("c", 2, "k3"), ev("a", 3, "k1"), ev("e", 3, "k4")})
 	if err != nil {
 		t.Fatal(err)
 	}

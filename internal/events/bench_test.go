@@ -1,0 +1,94 @@
+package events_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/store/storetest"
+)
+
+// BenchmarkIngestSerial is one caller storing events one by one (no group
+// commit possible).
+func BenchmarkIngestSerial(b *testing.B) {
+	s := storetest.New(b)
+	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
+	defer in.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := in.Ingest(ctx, draft("i1", "")); err != nil {
+			b.Fatal(err, i)
+		}
+	}
+}
+
+// BenchmarkIngestConcurrent is 64 callers at once, as a webhook burst:
+// the writer batches what arrives while it writes.
+func BenchmarkIngestConcurrent(b *testing.B) {
+	s := storetest.New(b)
+	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
+	defer in.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				if _, err := in.Ingest(ctx, draft(fmt.Sprint("i", w%4), "")); err != nil {
+					b.Error(err)
+				}
+			}
+		}()
+	}
+	for i := range b.N {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+}
+
+// BenchmarkPublish fans one event out to 1,000 subscribers that read.
+func BenchmarkPublish(b *testing.B) {
+	br := events.NewBroker(256)
+	var wg sync.WaitGroup
+	for range 1000 {
+		s := br.Subscribe(events.Filter{OrgID: "o1", InstanceID: "i1"})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for e := range s.C {
+				if e == nil {
+					return
+				}
+			}
+		}()
+		defer s.Close()
+	}
+	e := &events.Event{InstanceID: "i1", OrgID: "o1"}
+	b.ResetTimer()
+	for i := range b.N {
+		e.Seq = int64(i)
+		br.Publish(e)
+	}
+}
+
+// BenchmarkIngestDedupeKeys stores poller-style events that carry a
+// marketoGUID, which costs a lookup before the insert.
+func BenchmarkIngestDedupeKeys(b *testing.B) {
+	s := storetest.New(b)
+	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
+	defer in.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := in.Ingest(ctx, draft("i1", fmt.Sprint("g", i))); err != nil {
+			b.Fatal(err, i)
+		}
+	}
+}

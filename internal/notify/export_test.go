@@ -1,0 +1,8 @@
+package notify
+
+import "time"
+
+// BackoffAfter exposes the retry schedule to the tests.
+func BackoffAfter(base time.Duration, attempt int) time.Duration {
+	return New(nil, nil, Options{RetryBase: base}).backoff(attempt)
+}
