@@ -215,7 +215,7 @@ func (w *shardWriter) write(batch []*request) {
 
 	var pending []*slot
 	byKey := map[[2]string]*slot{} // first slot of each key in this batch
-	var keyed []string // ids of drafts that carry a dedupe key
+	var keyed []string             // ids of drafts that carry a dedupe key
 	for _, r := range batch {
 		for i, d := range r.drafts {
 			key := d.DedupeKey

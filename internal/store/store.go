@@ -165,7 +165,7 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		colEvents: {
 			{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetUnique(true)},
 		},
-		colQueue: {{Keys: bson.D{{Key: "nextAttemptAt", Value: 1}}}},
+		colQueue:    {{Keys: bson.D{{Key: "nextAttemptAt", Value: 1}}}},
 		colAttempts: {{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "at", Value: -1}}}},
 	}
 	for col, models := range idx {
