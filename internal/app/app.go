@@ -85,7 +85,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	verify := func(ctx context.Context, c marketo.Credentials) error {
 		return marketo.VerifyCredentials(ctx, c, a.httpc)
 	}
-	a.broker = events.NewBroker(256)
+	a.broker = events.NewBroker(cfg.SubscriptionBuffer)
 	a.connect = connect.New(st, box, a.conns, cfg.PublicURL, verify, log)
 	a.instances = instance.NewService(st, box, a.conns, a.connect, verify, cfg.PublicURL, log, a.instanceChanged)
 	a.notifier = notify.New(st, a.instances, notify.Options{

@@ -23,8 +23,11 @@ type Config struct {
 	UserSecret        string
 	PollerMinInterval time.Duration
 	NotifyRetryBase   time.Duration
-	LogLevel          slog.Level
-	LogJSON           bool
+	// SubscriptionBuffer is how many events a subscriber may lag behind
+	// before it is ended with a resumable error.
+	SubscriptionBuffer int
+	LogLevel           slog.Level
+	LogJSON            bool
 }
 
 // Load reads the configuration through getenv. A bad value is reported as an
@@ -32,10 +35,11 @@ type Config struct {
 // with one clear line.
 func Load(getenv func(string) string) (Config, error) {
 	c := Config{
-		DataDir:           "./data",
-		MongoDatabase:     "leadstream",
-		PollerMinInterval: 30 * time.Second,
-		NotifyRetryBase:   4 * time.Second,
+		DataDir:            "./data",
+		MongoDatabase:      "leadstream",
+		PollerMinInterval:  30 * time.Second,
+		NotifyRetryBase:    4 * time.Second,
+		SubscriptionBuffer: 256,
 	}
 	port := "8080"
 	if v := getenv("PORT"); v != "" {
@@ -93,6 +97,13 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	if c.NotifyRetryBase, err = duration(getenv, "NOTIFY_RETRY_BASE", c.NotifyRetryBase); err != nil {
 		return c, err
+	}
+	if v := getenv("SUBSCRIPTION_BUFFER"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1<<20 {
+			return c, fmt.Errorf("config: SUBSCRIPTION_BUFFER=%q is not a number of events (1-1048576)", v)
+		}
+		c.SubscriptionBuffer = n
 	}
 	switch v := strings.ToLower(getenv("LOG_LEVEL")); v {
 	case "", "info":

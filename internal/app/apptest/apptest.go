@@ -204,3 +204,59 @@ func (g *Gateway) NewOrg(t testing.TB, name string) string {
 	}
 	return fmt.Sprintf("User %s, Organization %s", user, org)
 }
+
+// HasSubscriptions reports whether the gateway counts n live subscriptions now.
+func (g *Gateway) HasSubscriptions(t testing.TB, n int) bool {
+	t.Helper()
+	resp, err := http.Get(g.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return bytes.Contains(b, []byte(fmt.Sprintf("leadstream_live_subscriptions %d\n", n)))
+}
+
+// WaitSubscriptions waits until the gateway counts n live subscriptions:
+// transports acknowledge a subscription before its resolver ran.
+func (g *Gateway) WaitSubscriptions(t testing.TB, n int) {
+	t.Helper()
+	want := fmt.Sprintf("leadstream_live_subscriptions %d\n", n)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(g.URL + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if bytes.Contains(b, []byte(want)) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never saw %d live subscriptions", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Post sends a webhook body to url with a content type and returns the
+// status and the decoded JSON answer.
+func Post(t testing.TB, url, contentType string, body []byte, header map[string]string) (int, map[string]string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", contentType)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("post: %v", err)
+	}
+	defer resp.Body.Close()
+	var out map[string]string
+	raw, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatalf("answer %d is not a JSON object: %q", resp.StatusCode, raw)
+	}
+	return resp.StatusCode, out
+}
