@@ -2,12 +2,80 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"time"
 
 	"github.com/leadstream/leadstream/internal/config"
+	"github.com/leadstream/leadstream/internal/instance"
+	"github.com/leadstream/leadstream/internal/marketo/marketotest"
 )
 
+// Demo credentials: fixed so the README can show them.
+const (
+	demoOrgSecret  = "demo-organization-secret"
+	demoUserSecret = "demo-user-secret"
+)
+
+// runDemo runs the gateway with a fake Marketo beside it that produces a
+// few lead activities a second, and a demo instance that polls it, on a
+// throw-away data directory.
 func runDemo(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) error {
-	return fmt.Errorf("demo: not built yet")
+	dir, err := os.MkdirTemp("", "leadstream-demo-")
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	cfg.DataDir, cfg.MongoURI, cfg.SecretKey = dir, "", nil
+	if cfg.OrgSecret == "" {
+		cfg.OrgSecret, cfg.UserSecret = demoOrgSecret, demoUserSecret
+	}
+	cfg.PollerMinInterval = min(cfg.PollerMinInterval, defaultDemoInterval)
+
+	fm := marketotest.New()
+	defer fm.Close()
+	fm.AddClient("demo-client", "demo-client-secret")
+
+	a, err := New(ctx, cfg, stdout, stderr)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	id, err := a.auth.CreatePair(ctx, cfg.OrgSecret, cfg.UserSecret)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	conf, _ := json.Marshal(map[string]string{
+		instance.KeyAPIKey: "demo-client", instance.KeyAPISecret: "demo-client-secret",
+		instance.KeyIdentityURL: fm.IdentityURL(), instance.KeyRESTURL: fm.RESTURL(),
+		instance.KeyEventsEnabled: "true", instance.KeyRefreshInterval: defaultDemoInterval.String(),
+	})
+	created, err := a.instances.Create(ctx, id.OrgID, instance.CreateInput{ConnectorKey: "marketo", Name: "Demo (fake Marketo)", Config: conf})
+	if err != nil {
+		return fmt.Errorf("demo: create instance: %w", err)
+	}
+	gen, stopGen := context.WithCancel(ctx)
+	defer stopGen()
+	fm.StartGenerator(gen, 3)
+
+	authz := fmt.Sprintf("User %s, Organization %s", cfg.UserSecret, cfg.OrgSecret)
+	fmt.Fprintf(stdout, `
+Leadstream demo: a fake Marketo produces about 3 lead activities a second,
+polled every %s into instance %s.
+
+Open GraphiQL at %s/ and set the header
+  {"Authorization": "%s"}
+then run
+  subscription { marketoEvents(instanceId: "%s") { cursor eventType objectType objectId occurredAt payload } }
+
+Webhooks for this instance go to
+  %s
+
+`, defaultDemoInterval, created.Instance.ID, cfg.PublicURL, authz, created.Instance.ID,
+		a.instances.WebhookURL(created.Instance.ID, created.WebhookSecret))
+	return a.Run(ctx, nil)
 }
+
+const defaultDemoInterval = 2 * time.Second // a demo should show events at once
