@@ -2,7 +2,7 @@
 GO      ?= go
 CLIENTS := internal/e2e/clients
 
-.PHONY: run demo test test-go clients generate lint build bench
+.PHONY: run demo fake-marketo test test-go clients generate lint build bench
 
 ## run: start the gateway on the embedded store (./data), GraphiQL at http://localhost:8080/
 run:
@@ -11,6 +11,10 @@ run:
 ## demo: the gateway plus a fake Marketo producing live lead activities
 demo:
 	$(GO) run . -demo
+
+## fake-marketo: only a fake Marketo on 127.0.0.1:9090, to provision against from `make run`
+fake-marketo:
+	$(GO) run . -fake-marketo 127.0.0.1:9090
 
 ## test: the whole suite (Go with -race, and the third-party JS clients)
 test: clients

@@ -17,6 +17,9 @@ import (
 const (
 	demoOrgSecret  = "demo-organization-secret"
 	demoUserSecret = "demo-user-secret"
+	// The fake Marketo's API user.
+	demoClientID     = "demo-client"
+	demoClientSecret = "demo-client-secret"
 )
 
 // runDemo runs the gateway with a fake Marketo beside it that produces a
@@ -36,7 +39,7 @@ func runDemo(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) e
 
 	fm := marketotest.New()
 	defer fm.Close()
-	fm.AddClient("demo-client", "demo-client-secret")
+	fm.AddClient(demoClientID, demoClientSecret)
 
 	a, err := New(ctx, cfg, stdout, stderr)
 	if err != nil {
@@ -48,7 +51,7 @@ func runDemo(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) e
 		return fmt.Errorf("demo: %w", err)
 	}
 	conf, _ := json.Marshal(map[string]string{
-		instance.KeyAPIKey: "demo-client", instance.KeyAPISecret: "demo-client-secret",
+		instance.KeyAPIKey: demoClientID, instance.KeyAPISecret: demoClientSecret,
 		instance.KeyIdentityURL: fm.IdentityURL(), instance.KeyRESTURL: fm.RESTURL(),
 		instance.KeyEventsEnabled: "true", instance.KeyRefreshInterval: defaultDemoInterval.String(),
 	})
@@ -79,3 +82,23 @@ Webhooks for this instance go to
 }
 
 const defaultDemoInterval = 2 * time.Second // a demo should show events at once
+
+// runFakeMarketo serves only the fake Marketo, with one API user and a few
+// lead activities a second, until ctx ends.
+func runFakeMarketo(ctx context.Context, addr string, stdout io.Writer) error {
+	fm, err := marketotest.NewAt(addr)
+	if err != nil {
+		return err
+	}
+	defer fm.Close()
+	fm.AddClient(demoClientID, demoClientSecret)
+	fm.StartGenerator(ctx, 3)
+	fmt.Fprintf(stdout, `Fake Marketo running. Use these on the connect page or in createInstance:
+  marketo.identity.url  %s
+  marketo.rest.url      %s
+  oauth.api.key         %s
+  oauth.api.secret      %s
+`, fm.IdentityURL(), fm.RESTURL(), demoClientID, demoClientSecret)
+	<-ctx.Done()
+	return nil
+}

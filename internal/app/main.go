@@ -15,8 +15,12 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	demo := fs.Bool("demo", false, "also run a fake Marketo producing lead activities, with a demo organization and instance")
+	fake := fs.String("fake-marketo", "", "run only a fake Marketo on this address (for example 127.0.0.1:9090) to provision against")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if *fake != "" {
+		return runFakeMarketo(ctx, *fake, stdout)
 	}
 	cfg, err := config.Load(getenv)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -63,6 +64,26 @@ type issuedToken struct {
 
 // New starts a fake Marketo on a local port. Call Close to stop it.
 func New() *Server {
+	s := newServer()
+	s.ts.Start()
+	return s
+}
+
+// NewAt starts a fake Marketo listening on addr (for example
+// "127.0.0.1:9090"), so people can point a gateway at a known URL.
+func NewAt(addr string) (*Server, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("marketotest: listen on %s: %w", addr, err)
+	}
+	s := newServer()
+	s.ts.Listener.Close()
+	s.ts.Listener = l
+	s.ts.Start()
+	return s, nil
+}
+
+func newServer() *Server {
 	s := &Server{
 		clients:        make(map[string]*apiClient),
 		tokens:         make(map[string]issuedToken),
@@ -76,7 +97,7 @@ func New() *Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/identity/oauth/token", s.handleToken)
 	mux.HandleFunc("/rest/", s.handleREST)
-	s.ts = httptest.NewServer(mux)
+	s.ts = httptest.NewUnstartedServer(mux)
 	return s
 }
 
