@@ -8,12 +8,14 @@ package graph
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/leadstream/leadstream/graph/model"
 	"github.com/leadstream/leadstream/internal/apperr"
 	"github.com/leadstream/leadstream/internal/connect"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/instance"
+	"github.com/leadstream/leadstream/internal/poller"
 	"github.com/leadstream/leadstream/internal/store"
 )
 
@@ -129,7 +131,10 @@ func (r *mutationResolver) PollNow(ctx context.Context, instanceID string) (bool
 		return false, err
 	}
 	if err := r.Poller.PollNow(instanceID); err != nil {
-		return false, apperr.Wrap(apperr.BadUserInput, err, "the instance is not polled: it needs event.notification.enabled \"true\", valid credentials and not to be disabled")
+		if errors.Is(err, poller.ErrNotPollable) {
+			return false, apperr.Wrap(apperr.BadUserInput, err, "%s", strings.TrimPrefix(err.Error(), "poller: "))
+		}
+		return false, err
 	}
 	return true, nil
 }

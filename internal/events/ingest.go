@@ -209,7 +209,12 @@ type slot struct {
 func (w *shardWriter) write(batch []*request) {
 	// The writer outlives callers' contexts: a queued event is stored even
 	// if its caller stopped waiting.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	n := 0
+	for _, r := range batch {
+		n += len(r.drafts)
+	}
+	// Keyed drafts cost one lookup each; give big batches time for them.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+time.Duration(n)*50*time.Millisecond)
 	defer cancel()
 	now := time.Now().UTC()
 

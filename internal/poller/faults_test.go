@@ -27,7 +27,7 @@ func TestFaultsAreSurvived(t *testing.T) {
 		{"602 token expired", marketotest.Fault{Code: "602"}, marketo.ErrTransient},
 		{"604 timed out", marketotest.Fault{Code: "604"}, marketo.ErrTransient},
 		{"HTTP 503", marketotest.Fault{HTTPStatus: 503}, marketo.ErrTransient},
-		{"slow answer", marketotest.Fault{Delay: time.Second}, marketo.ErrUnreachable},
+		{"slow answer", marketotest.Fault{Delay: 2 * time.Second}, marketo.ErrUnreachable},
 		{"malformed JSON", marketotest.Fault{Malformed: true}, marketo.ErrUnreachable},
 		{"1003 bad request", marketotest.Fault{Code: "1003"}, marketo.ErrBadRequest},
 	}
@@ -42,18 +42,18 @@ func TestFaultsAreSurvived(t *testing.T) {
 				ObservePoll: log.observe,
 				ClientOptions: marketo.Options{
 					MaxRetries:  1,
-					CallTimeout: 200 * time.Millisecond,
+					CallTimeout: 500 * time.Millisecond,
 					BackoffBase: time.Millisecond,
 				},
 			})
-			e.waitStored(in.ID, 10, 10*time.Second)
+			e.waitStored(in.ID, 10, patience)
 
 			// One call and its retry fail (one poll), then one more call.
 			f := tt.fault
 			f.Times, f.Path = 3, activities
 			e.fake.SetFault(f)
 			addLeadActivities(e.fake, 10)
-			e.waitStored(in.ID, 20, 10*time.Second)
+			e.waitStored(in.ID, 20, patience)
 			checkGapFree(t, e.stored(in.ID), 20)
 
 			_, errs, lastErrors := log.snapshot()
@@ -66,7 +66,7 @@ func TestFaultsAreSurvived(t *testing.T) {
 				}
 			}
 			t.Logf("LastError: %s", lastErrors[0])
-			eventually(t, 5*time.Second, func() (bool, string) {
+			eventually(t, patience, func() (bool, string) {
 				ps := e.pollState(in.ID)
 				return ps.LastError == "" && ps.EventsIngested == 20 && ps.PausedUntil == nil,
 					"poll state after recovery: " + ps.LastError
@@ -82,13 +82,13 @@ func TestQuotaExceededPausesInstance(t *testing.T) {
 	other := e.addInstance("other") // same Marketo subscription
 	addLeadActivities(e.fake, 5)
 	p, stop := e.startPoller(poller.Options{})
-	e.waitStored(in.ID, 5, 10*time.Second)
-	e.waitStored(other.ID, 5, 10*time.Second)
+	e.waitStored(in.ID, 5, patience)
+	e.waitStored(other.ID, 5, patience)
 
 	// Every activities call answers 607 from now on: both instances pause.
 	e.fake.SetFault(marketotest.Fault{Code: "607", Path: activities})
 	var paused time.Time
-	eventually(t, 5*time.Second, func() (bool, string) {
+	eventually(t, patience, func() (bool, string) {
 		ps := e.pollState(in.ID)
 		if ps.PausedUntil != nil {
 			paused = *ps.PausedUntil
@@ -98,7 +98,7 @@ func TestQuotaExceededPausesInstance(t *testing.T) {
 	if d := time.Until(paused); d <= 0 || d > 25*time.Hour {
 		t.Fatalf("paused until %v, want the next quota reset (midnight US Central)", paused)
 	}
-	eventually(t, 5*time.Second, func() (bool, string) {
+	eventually(t, patience, func() (bool, string) {
 		ps := e.pollState(other.ID)
 		return ps.PausedUntil != nil, "other instance not paused"
 	})

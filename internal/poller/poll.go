@@ -26,10 +26,11 @@ const (
 // maxErrorLen bounds LastError and InvalidReason, which users see.
 const maxErrorLen = 300
 
-// pollOnce polls one instance and reports to the scheduler.
-func (p *Poller) pollOnce(ctx context.Context, id string) outcome {
+// pollOnce polls one instance and reports to the scheduler. state is the
+// instance's poll state as last saved, or nil to read it.
+func (p *Poller) pollOnce(ctx context.Context, id string, state *store.PollState) outcome {
 	start := time.Now()
-	o, polled, err := p.poll(ctx, id)
+	o, polled, err := p.poll(ctx, id, state)
 	if polled && p.opts.ObservePoll != nil {
 		p.opts.ObservePoll(id, time.Since(start), err)
 	}
@@ -41,7 +42,7 @@ func (p *Poller) pollOnce(ctx context.Context, id string) outcome {
 
 // poll reads the instance fresh, then pages through its new activities.
 // polled reports whether it went as far as Marketo.
-func (p *Poller) poll(ctx context.Context, id string) (o outcome, polled bool, err error) {
+func (p *Poller) poll(ctx context.Context, id string, state *store.PollState) (o outcome, polled bool, err error) {
 	in, err := p.store.InstanceByID(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return outcome{drop: true}, false, nil // deleted
@@ -58,17 +59,23 @@ func (p *Poller) poll(ctx context.Context, id string) (o outcome, polled bool, e
 	}
 	o.interval = p.interval(set)
 
-	st, err := p.store.PollState(ctx, id)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		st = store.PollState{InstanceID: id}
-	case err != nil:
-		return o, false, fmt.Errorf("poller: %w", err)
+	var st store.PollState
+	if state != nil {
+		st = *state
+	} else {
+		st, err = p.store.PollState(ctx, id)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			st = store.PollState{InstanceID: id}
+		case err != nil:
+			return o, false, fmt.Errorf("poller: %w", err)
+		}
 	}
 	now := time.Now().UTC()
 	if st.PausedUntil != nil {
 		if now.Before(*st.PausedUntil) {
 			o.pausedUntil = *st.PausedUntil
+			o.state = &st
 			return o, false, nil
 		}
 		st.PausedUntil = nil
@@ -106,8 +113,10 @@ func (p *Poller) poll(ctx context.Context, id string) (o outcome, polled bool, e
 		}
 	}
 	if serr := p.store.SavePollState(ctx, st); serr != nil {
-		err = errors.Join(err, fmt.Errorf("poller: %w", serr))
+		// Read it back next time: the store is what a restart sees.
+		return o, true, errors.Join(err, fmt.Errorf("poller: %w", serr))
 	}
+	o.state = &st
 	return o, true, err
 }
 

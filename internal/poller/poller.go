@@ -248,15 +248,20 @@ type entry struct {
 	again    bool // PollNow during a poll: poll again when it ends
 	removed  bool // no longer pollable: dropped when the running poll ends
 	cancel   context.CancelFunc
+	// state is the instance's poll state as last saved, nil when unknown
+	// (read from the store at the next poll). The poller is its only
+	// writer, so it need not be read back before every poll.
+	state *store.PollState
 }
 
 // outcome is what a poll tells the scheduler.
 type outcome struct {
 	e           *entry
-	drop        bool          // the instance is gone or no longer pollable
-	more        bool          // stopped at maxPagesPerPoll: poll again now
-	pausedUntil time.Time     // daily quota: not before then
-	interval    time.Duration // from the settings the poll read, 0 if none
+	drop        bool             // the instance is gone or no longer pollable
+	more        bool             // stopped at maxPagesPerPoll: poll again now
+	pausedUntil time.Time        // daily quota: not before then
+	interval    time.Duration    // from the settings the poll read, 0 if none
+	state       *store.PollState // as saved; nil when unknown
 }
 
 // scheduler owns the schedule for one Run.
@@ -319,7 +324,9 @@ func (s *scheduler) rescan(ctx context.Context) {
 		iv := s.p.interval(set)
 		e := s.entries[in.ID]
 		if e == nil {
-			s.entries[in.ID] = &entry{id: in.ID, interval: iv, nextAt: s.firstDue(ctx, in.ID, iv, now)}
+			e = &entry{id: in.ID, interval: iv}
+			e.nextAt, e.state = s.firstDue(ctx, in.ID, iv, now)
+			s.entries[in.ID] = e
 			continue
 		}
 		e.removed = false
@@ -347,10 +354,13 @@ func (s *scheduler) rescan(ctx context.Context) {
 // firstDue is when a newly scheduled instance is polled first: one interval
 // after its last poll (so a restart does not poll everything at once), at
 // once if it never was or its last poll failed, never while paused.
-func (s *scheduler) firstDue(ctx context.Context, id string, iv time.Duration, now time.Time) time.Time {
+func (s *scheduler) firstDue(ctx context.Context, id string, iv time.Duration, now time.Time) (time.Time, *store.PollState) {
 	st, err := s.p.store.PollState(ctx, id)
-	if err != nil {
-		return now
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return now, &store.PollState{InstanceID: id}
+	case err != nil:
+		return now, nil
 	}
 	due := now
 	if st.LastPollAt != nil && st.LastError == "" {
@@ -361,7 +371,7 @@ func (s *scheduler) firstDue(ctx context.Context, id string, iv time.Duration, n
 	if st.PausedUntil != nil && st.PausedUntil.After(due) {
 		due = *st.PausedUntil
 	}
-	return due
+	return due, &st
 }
 
 // pollNow moves the instances PollNow asked for to the front.
@@ -409,9 +419,10 @@ func (s *scheduler) start(ctx context.Context, e *entry) {
 	pctx, cancel := context.WithCancel(ctx)
 	e.running, e.cancel = true, cancel
 	s.running++
-	id := e.id
+	id, state := e.id, e.state
+	e.state = nil // the poll owns it now
 	s.wg.Go(func() {
-		o := s.p.pollOnce(pctx, id)
+		o := s.p.pollOnce(pctx, id, state)
 		o.e = e // only the scheduler reads it
 		s.done <- o
 	})
@@ -456,6 +467,7 @@ func (s *scheduler) finish(o outcome) {
 		}
 		return
 	}
+	e.state = o.state
 	if o.interval > 0 {
 		e.interval = o.interval
 	}
