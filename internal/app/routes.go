@@ -76,7 +76,8 @@ func (a *App) graphqlHandler() http.Handler {
 		PingPongInterval:      30 * time.Second,
 	})
 	srv.AddTransport(transport.Options{})
-	srv.AddTransport(transport.SSE{})
+	// Comments every 15 s keep proxies from closing idle streams.
+	srv.AddTransport(transport.SSE{KeepAlivePingInterval: 15 * time.Second})
 	srv.AddTransport(transport.GET{})
 	srv.AddTransport(transport.POST{})
 	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
