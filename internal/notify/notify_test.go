@@ -462,7 +462,7 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 				// duration, plus the backoff (and a little for our own work).
 				wait := w.NextAttemptAt.Sub(a.At)
 				scheduled = append(scheduled, wait)
-				lo := base << (2 * (k - 1)) // RetryBase * 4^(k-1), computed here, not by notify
+				lo := base << (2 * (k - 1))                                             // RetryBase * 4^(k-1), computed here, not by notify
 				hi := lo + time.Duration(a.DurationMs+1)*time.Millisecond + time.Second // generous: a loaded CI machine
 				if wait < lo || wait > hi {
 					t.Errorf("after attempt %d the retry is due %s after its start, want within [%s, %s]", k, wait, lo, hi)
