@@ -1,0 +1,750 @@
+// Command bench is Leadstream's end-to-end load benchmark (`make bench`,
+// `go run ./internal/bench`). It runs the real gateway (internal/app, on the
+// embedded FerretDB/SQLite store) in this process, drives it over real HTTP
+// and real websockets, measures the same things on plain baselines in the
+// same run, and prints figure, baseline, ratio and PASS/MISS per target, as a
+// table and as JSON (-json, default bench-results.json).
+//
+// Method, and why it is fair:
+//
+//   - Processes. The gateway (with its embedded store) and the raw baseline
+//     servers run in this process; every websocket client runs in a child
+//     process (this binary re-executed with LEADSTREAM_BENCH_CHILD=1, see
+//     child.go). So this process's RSS, goroutines and CPU profile are the
+//     server side only, and 10,000 connections need 10,000 descriptors per
+//     process, not 20,000 in one (RLIMIT_NOFILE is raised to its hard limit
+//     in both). Webhook posters and the InsertOne loop run in this process,
+//     as clients of the gateway and of FerretDB. Both processes share the
+//     machine's cores, for the gateway and for the baselines alike.
+//
+//   - Raw serial InsertOne baseline (insert.go): FerretDB started the way
+//     internal/store starts it, in its own temp dir, and mongo-driver
+//     InsertOne of events.Event documents (the gateway's own document type
+//     and unique (instanceId, seq) index, a webhook body as payload), one at
+//     a time. It is measured in two windows (3 s each), right before
+//     and right after the webhook ingest phases, so drift of this shared
+//     machine weighs on both sides. Ingest target: the gateway's best 202/s
+//     over the poster counts ≥ 5x the baseline.
+//
+//   - Webhook ingest: C posters (-posters) send webhooks back to back over
+//     keep-alive HTTP; 202s per second over the measured window, after a
+//     warm-up. No subscribers are connected.
+//
+//   - Fan-out, maximum (load.go measureMax): S subscribers (-subs) on one
+//     instance; producers may be at most 128 events ahead of the slowest
+//     subscriber (the client process streams its progress every 2 ms), a
+//     closed loop that finds the rate every subscriber sustains without the
+//     broker ever ending one for lagging (its buffer is 256). "Events/s in" is
+//     202s (or broadcasts) per second, "messages/s delivered" is data messages
+//     read by all clients per second, both over the same window.
+//
+//   - Raw broadcast baseline (raw.go): a plain gorilla hub as in gorilla's
+//     chat example, reader and writer goroutine per connection, a bounded
+//     buffer of the same size, drop on full, the same upgrader buffer sizes
+//     as the gateway's adapter. It sends the very bytes the gateway sends: a
+//     `next` message captured from the gateway at start-up, with the event
+//     number and send time patched in place. Its clients are the same client
+//     code (connection_init, ack, subscribe, then count and time every
+//     message), measured with the same closed loop. Both sides' S clients
+//     stay connected through the fan-out phases (an idle side costs nothing)
+//     and run in the order raw max, gateway max, gateway latency, raw latency.
+//
+//   - Latency (measureLatency): open loop at half of each side's own
+//     measured maximum (10 s). Each event carries its send
+//     time (unix ns, taken just before the POST or the Broadcast); each
+//     client records received − sent for every message, so the percentiles
+//     are over every (event, subscriber) delivery. For the gateway,
+//     accepted(202)→received is also reported (it can be negative: the
+//     gateway publishes before it writes the 202). A subscriber dropped for
+//     lagging in this open-loop phase is reported in the notes.
+//
+//   - Idle memory (measureIdle): N idle subscriptions (-idle) opened from the
+//     client process; this process's VmRSS and goroutine count are read
+//     before and after, each time after goroutines settle, a full GC and
+//     debug.FreeOSMemory, so RSS is live memory; the difference divided by N
+//     is the per-subscription cost on the server side only. The raw baseline
+//     is measured the same way, and the client process's own growth is
+//     reported for reference.
+//
+// -cpuprofile FILE profiles this process (gateway, store, posters: the
+// gateway side) during the gateway's phases only: FILE.ingest for webhook
+// ingest, FILE.fanout for the fan-out maximum and latency phases;
+// -memprofile writes a heap profile while the largest idle set is open.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// Options sizes a run.
+type Options struct {
+	Quick         bool
+	JSONPath      string
+	Subs          int
+	Idle          []int
+	Posters       []int
+	FanoutPosters int // concurrent webhook posters in the fan-out phases
+	Window        int // events producers may run ahead of the slowest subscriber
+	BrokerBuffer  int // per-subscriber buffer of the raw hub (the gateway's default)
+
+	InsertDur  time.Duration
+	IngestWarm time.Duration
+	IngestDur  time.Duration
+	FanoutWarm time.Duration
+	FanoutDur  time.Duration
+	LatencyDur time.Duration
+
+	CPUProfile string
+	MemProfile string
+	Log        io.Writer // progress lines
+}
+
+// DefaultOptions is the full run (about 90 s on 2 cores), or the quick
+// smoke test (about 25 s).
+func DefaultOptions(quick bool) Options {
+	o := Options{
+		JSONPath: "bench-results.json", Subs: 1000, Idle: []int{1000, 10000}, Posters: []int{1, 16, 64},
+		FanoutPosters: 16, Window: 128, BrokerBuffer: 256,
+		InsertDur: 6 * time.Second, IngestWarm: 500 * time.Millisecond, IngestDur: 5 * time.Second,
+		FanoutWarm: time.Second, FanoutDur: 8 * time.Second, LatencyDur: 10 * time.Second,
+		Log: os.Stderr,
+	}
+	if quick {
+		o.Quick = true
+		o.Subs, o.Idle, o.Posters = 200, []int{1000, 2000}, []int{1, 16}
+		o.InsertDur, o.IngestWarm, o.IngestDur = 2*time.Second, 300*time.Millisecond, 2*time.Second
+		o.FanoutWarm, o.FanoutDur, o.LatencyDur = 500*time.Millisecond, 2*time.Second, 3*time.Second
+	}
+	return o
+}
+
+func main() {
+	if isChild() {
+		os.Exit(childMain())
+	}
+	quick := flag.Bool("quick", false, "small sizes and short phases (a smoke test, under a minute)")
+	jsonPath := flag.String("json", "bench-results.json", "where to write the results as JSON")
+	subs := flag.Int("subs", 0, "subscribers in the fan-out phases (default 1000, -quick 200)")
+	idle := flag.String("idle", "", "idle subscription counts for the memory phase (default 1000,10000; -quick 1000,2000)")
+	posters := flag.String("posters", "", "concurrent webhook posters for the ingest phase (default 1,16,64; -quick 1,16)")
+	cpuprofile := flag.String("cpuprofile", "", "profile the gateway side (this process) under load: writes `FILE`.ingest (webhook ingest phases) and FILE.fanout (fan-out maximum and latency phases)")
+	memprofile := flag.String("memprofile", "", "write a heap profile while the largest idle set is open")
+	flag.Parse()
+	o := DefaultOptions(*quick)
+	o.JSONPath, o.CPUProfile, o.MemProfile = *jsonPath, *cpuprofile, *memprofile
+	if *subs > 0 {
+		o.Subs = *subs
+	}
+	var err error
+	if *idle != "" {
+		if o.Idle, err = intList(*idle); err != nil {
+			fatal(fmt.Errorf("-idle: %w", err))
+		}
+	}
+	if *posters != "" {
+		if o.Posters, err = intList(*posters); err != nil {
+			fatal(fmt.Errorf("-posters: %w", err))
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := Run(ctx, o)
+	if res != nil {
+		res.PrintTable(os.Stdout)
+		if o.JSONPath != "" {
+			if werr := res.WriteJSON(o.JSONPath); werr != nil {
+				fmt.Fprintln(os.Stderr, "bench:", werr)
+			} else {
+				fmt.Fprintf(os.Stdout, "\nresults written to %s\n", o.JSONPath)
+			}
+		}
+	}
+	if err != nil {
+		fatal(err)
+	}
+	if len(res.Errors) > 0 {
+		fatal(fmt.Errorf("%d phase(s) failed; see the errors above", len(res.Errors)))
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Result is everything a run measured.
+type Result struct {
+	Machine  Machine   `json:"machine"`
+	Settings Settings  `json:"settings"`
+	Figures  []Figure  `json:"figures"`
+	Details  Details   `json:"details"`
+	Notes    []string  `json:"notes,omitempty"`
+	Errors   []string  `json:"errors,omitempty"`
+	Started  time.Time `json:"started"`
+	Seconds  float64   `json:"seconds"`
+}
+
+// Machine says where the run happened.
+type Machine struct {
+	GoVersion  string `json:"goVersion"`
+	GOOS       string `json:"goos"`
+	GOARCH     string `json:"goarch"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	NumCPU     int    `json:"numCPU"`
+	CPUModel   string `json:"cpuModel"`
+	FileLimit  uint64 `json:"fileLimit"`
+	// LoadAvg is /proc/loadavg at the start and at the end: this machine is
+	// shared, and a load above GOMAXPROCS means other work competed.
+	LoadAvg []string `json:"loadAvg"`
+}
+
+// Settings are the sizes used.
+type Settings struct {
+	Quick         bool    `json:"quick"`
+	Subs          int     `json:"subscribers"`
+	Idle          []int   `json:"idle"`
+	Posters       []int   `json:"posters"`
+	FanoutPosters int     `json:"fanoutPosters"`
+	Window        int     `json:"window"`
+	BrokerBuffer  int     `json:"brokerBuffer"`
+	InsertSec     float64 `json:"insertSeconds"`
+	IngestSec     float64 `json:"ingestSeconds"`
+	FanoutSec     float64 `json:"fanoutSeconds"`
+	LatencySec    float64 `json:"latencySeconds"`
+}
+
+// Figure is one line of the table.
+type Figure struct {
+	Key          string  `json:"key"`
+	Name         string  `json:"name"`
+	Unit         string  `json:"unit"`
+	Value        float64 `json:"value"`
+	BaselineName string  `json:"baselineName,omitempty"`
+	Baseline     float64 `json:"baseline,omitempty"`
+	Ratio        float64 `json:"ratio,omitempty"`
+	Target       string  `json:"target,omitempty"`
+	Result       string  `json:"result"` // PASS, MISS, info, SKIP
+	Note         string  `json:"note,omitempty"`
+}
+
+// Details are the raw measurements behind the figures.
+type Details struct {
+	Insert  InsertResult   `json:"rawInsertOne"`
+	Ingest  []IngestResult `json:"webhookIngest"`
+	Gateway FanoutDetails  `json:"gatewayFanout"`
+	Raw     FanoutDetails  `json:"rawBroadcast"`
+	Idle    []IdlePair     `json:"idle"`
+	// MessageBytes is the size of the gateway's `next` message the raw
+	// baseline broadcasts.
+	MessageBytes int    `json:"messageBytes"`
+	Message      string `json:"message"`
+}
+
+// FanoutDetails is one side's fan-out.
+type FanoutDetails struct {
+	Max     FanoutMax `json:"max"`
+	Latency Latency   `json:"latency"`
+}
+
+// IdlePair is the idle-memory measurement of both sides at one size.
+type IdlePair struct {
+	Gateway MemResult `json:"gateway"`
+	Raw     MemResult `json:"raw"`
+}
+
+// Run performs the whole benchmark. A failing phase is recorded in Errors
+// and the run goes on where it can; the error is for set-up failures.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	start := time.Now()
+	res := &Result{Started: start.UTC(), Machine: machineInfo(), Settings: Settings{
+		Quick: o.Quick, Subs: o.Subs, Idle: o.Idle, Posters: o.Posters, FanoutPosters: o.FanoutPosters,
+		Window: o.Window, BrokerBuffer: o.BrokerBuffer, InsertSec: o.InsertDur.Seconds(),
+		IngestSec: o.IngestDur.Seconds(), FanoutSec: o.FanoutDur.Seconds(), LatencySec: o.LatencyDur.Seconds(),
+	}}
+	defer func() {
+		res.Seconds = time.Since(start).Seconds()
+		res.Machine.LoadAvg = append(res.Machine.LoadAvg, loadAvg())
+	}()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(o.Log, "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+	fail := func(phase string, err error) {
+		logf("%s: ERROR %v", phase, err)
+		res.Errors = append(res.Errors, phase+": "+err.Error())
+	}
+	if o.Window >= o.BrokerBuffer {
+		return res, fmt.Errorf("window %d must be below the subscriber buffer %d", o.Window, o.BrokerBuffer)
+	}
+
+	tmp, err := os.MkdirTemp("", "leadstream-bench-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(tmp)
+
+	// 1. The raw InsertOne baseline's own FerretDB, the client process and
+	// the gateway.
+	ins, err := openInsertBench(ctx, filepath.Join(tmp, "insert"), func(n int) []byte {
+		return eventBody(int64(n), time.Now().UnixNano())
+	})
+	if err != nil {
+		return res, fmt.Errorf("raw InsertOne baseline: %w", err)
+	}
+	defer ins.Close()
+	cp, err := startClientProc()
+	if err != nil {
+		return res, err
+	}
+	defer cp.Close()
+	logf("starting the gateway")
+	g, err := startGateway(ctx, filepath.Join(tmp, "gateway"))
+	if err != nil {
+		return res, err
+	}
+	defer g.Stop()
+	gwWS := wsURL(g.URL) + "/graphql"
+	vars := map[string]any{"id": g.InstanceID}
+	template, offN, offT, err := captureMessage(ctx, cp, g, gwWS, vars)
+	if err != nil {
+		return res, fmt.Errorf("capture the gateway's message: %w", err)
+	}
+	res.Details.MessageBytes, res.Details.Message = len(template), string(template)
+	logf("  gateway `next` message: %d bytes", len(template))
+
+	// CPU profiles of the gateway's phases: FILE.ingest, FILE.fanout.
+	var prof *os.File
+	startProfile := func(suffix string) {
+		if o.CPUProfile == "" {
+			return
+		}
+		f, err := os.Create(o.CPUProfile + suffix)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fail("cpu profile", err)
+			return
+		}
+		prof = f
+	}
+	stopProfile := func() {
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof.Close()
+			logf("CPU profile written to %s", prof.Name())
+			prof = nil
+		}
+	}
+	defer stopProfile()
+
+	// 2. Ingest: raw serial InsertOne, webhook ingest per poster count, raw
+	// InsertOne again.
+	insertWindow := func() {
+		logf("raw serial InsertOne baseline (%v)", o.InsertDur/2)
+		r, err := ins.run(ctx, o.InsertDur/2)
+		if err != nil {
+			fail("raw InsertOne", err)
+			return
+		}
+		logf("  %.0f inserts/s", r)
+	}
+	insertWindow()
+	startProfile(".ingest")
+	for _, c := range o.Posters {
+		logf("webhook ingest, %d posters (%v)", c, o.IngestDur)
+		r := runIngest(ctx, g, c, o.IngestWarm, o.IngestDur)
+		res.Details.Ingest = append(res.Details.Ingest, r)
+		if r.Accepted == 0 {
+			fail(fmt.Sprintf("webhook ingest C=%d", c), fmt.Errorf("no 202 (%s)", r.FirstErr))
+		}
+		logf("  %.0f 202/s (%d failed)", r.PerSec, r.Failed)
+	}
+	stopProfile()
+	insertWindow()
+	res.Details.Insert = ins.res
+	ins.Close()
+
+	// 3. Fan-out: S raw clients and S gateway subscribers stay open (an idle
+	// side costs nothing); raw max, gateway max, gateway latency, raw latency,
+	// so the gateway is measured between its two baselines.
+	hub, err := startRawHub(o.BrokerBuffer)
+	if err != nil {
+		return res, err
+	}
+	defer hub.Close()
+	hubCount := func() (int, error) { return hub.Count(), nil }
+	rawWS := wsURL(hub.url) + "/"
+	rawProd := rawProducer(hub, template, offN, offT)
+	gwCount := g.liveSubscriptions
+	gwProd := gatewayProducer(g)
+	logf("fan-out: opening %d raw clients and %d gateway subscriptions", o.Subs, o.Subs)
+	rawGrp, err := openSubs(ctx, cp, rawWS, nil, o.Subs, hubCount, o.Subs)
+	if err != nil {
+		fail("raw broadcast", err)
+	}
+	gwGrp, err2 := openSubs(ctx, cp, gwWS, vars, o.Subs, gwCount, o.Subs)
+	if err2 != nil {
+		fail("gateway fan-out", err2)
+	}
+	if err == nil && err2 == nil {
+		logf("raw broadcast: maximum (%v)", o.FanoutDur)
+		m, err := measureMax(ctx, cp, rawGrp, o.Subs, rawProd, 1, o.Window, o.FanoutWarm, o.FanoutDur)
+		res.Details.Raw.Max = m
+		if err != nil {
+			fail("raw broadcast max", err)
+		}
+		logf("  %.0f events/s, %.0f msgs/s delivered", m.EventsPerSec, m.MsgsPerSec)
+
+		startProfile(".fanout")
+		logf("gateway fan-out: maximum (%v)", o.FanoutDur)
+		m, err = measureMax(ctx, cp, gwGrp, o.Subs, gwProd, o.FanoutPosters, o.Window, o.FanoutWarm, o.FanoutDur)
+		res.Details.Gateway.Max = m
+		if err != nil {
+			fail("gateway fan-out max", err)
+		}
+		logf("  %.0f events/s, %.0f msgs/s delivered", m.EventsPerSec, m.MsgsPerSec)
+		logf("gateway fan-out: latency at %.0f/s (%v)", m.EventsPerSec/2, o.LatencyDur)
+		l, err := measureLatency(ctx, cp, gwGrp, o.Subs, gwProd, o.FanoutPosters, m.EventsPerSec/2, o.LatencyDur)
+		res.Details.Gateway.Latency = l
+		if err != nil {
+			fail("gateway fan-out latency", err)
+		} else {
+			logf("  p50 %s p99 %s max %s", us(l.SentToReceived.P50), us(l.SentToReceived.P99), us(l.SentToReceived.Max))
+		}
+		if l.Ended > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("gateway latency phase: %d of %d subscriptions ended (%s)", l.Ended, o.Subs, l.EndCause))
+		}
+		stopProfile()
+
+		rm := res.Details.Raw.Max
+		logf("raw broadcast: latency at %.0f/s (%v)", rm.EventsPerSec/2, o.LatencyDur)
+		l, err = measureLatency(ctx, cp, rawGrp, o.Subs, rawProd, 1, rm.EventsPerSec/2, o.LatencyDur)
+		res.Details.Raw.Latency = l
+		if err != nil {
+			fail("raw broadcast latency", err)
+		} else {
+			logf("  p50 %s p99 %s max %s", us(l.SentToReceived.P50), us(l.SentToReceived.P99), us(l.SentToReceived.Max))
+		}
+		if l.Ended > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("raw broadcast latency phase: %d of %d clients dropped for lagging (%s)", l.Ended, o.Subs, l.EndCause))
+		}
+	}
+	if rawGrp != 0 {
+		if err := closeSubs(ctx, cp, rawGrp, hubCount); err != nil {
+			fail("raw broadcast close", err)
+		}
+	}
+	if gwGrp != 0 {
+		if err := closeSubs(ctx, cp, gwGrp, gwCount); err != nil {
+			fail("gateway fan-out close", err)
+		}
+	}
+
+	// 5. Idle subscriptions.
+	largest := slices.Max(o.Idle)
+	for _, n := range o.Idle {
+		pair := IdlePair{Gateway: MemResult{Subs: n}, Raw: MemResult{Subs: n}}
+		if need := uint64(n) + 512; res.Machine.FileLimit < need {
+			msg := fmt.Sprintf("RLIMIT_NOFILE is %d, %d idle subscriptions need about %d descriptors per process", res.Machine.FileLimit, n, need)
+			pair.Gateway.Skipped, pair.Raw.Skipped = msg, msg
+			fail(fmt.Sprintf("idle %d", n), errors.New(msg))
+			res.Details.Idle = append(res.Details.Idle, pair)
+			continue
+		}
+		heap := ""
+		if n == largest {
+			heap = o.MemProfile
+		}
+		logf("idle memory: %d gateway subscriptions", n)
+		if pair.Gateway, err = measureIdle(ctx, cp, gwWS, vars, n, gwCount, heap); err != nil {
+			fail(fmt.Sprintf("gateway idle %d", n), err)
+		} else {
+			logf("  %.1f KiB RSS, %.2f goroutines per subscription (opened in %.1fs)", pair.Gateway.RSSPerSubKiB, pair.Gateway.GoroutinesPer, pair.Gateway.OpenSeconds)
+		}
+		logf("idle memory: %d raw connections", n)
+		if pair.Raw, err = measureIdle(ctx, cp, wsURL(hub.url)+"/", nil, n, hubCount, ""); err != nil {
+			fail(fmt.Sprintf("raw idle %d", n), err)
+		} else {
+			logf("  %.1f KiB RSS, %.2f goroutines per connection", pair.Raw.RSSPerSubKiB, pair.Raw.GoroutinesPer)
+		}
+		res.Details.Idle = append(res.Details.Idle, pair)
+	}
+	if o.MemProfile != "" {
+		logf("heap profile written to %s", o.MemProfile)
+	}
+	res.buildFigures(o)
+	logf("done")
+	return res, nil
+}
+
+// captureMessage subscribes once, posts one event and returns the `next`
+// message the gateway sent, with the offsets of the two marker values.
+func captureMessage(ctx context.Context, cp *clientProc, g *gateway, url string, vars map[string]any) ([]byte, int, int, error) {
+	grp, err := openSubs(ctx, cp, url, vars, 1, g.liveSubscriptions, 1)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer closeSubs(ctx, cp, grp, g.liveSubscriptions)
+	if _, err := g.post(ctx, eventBody(0, 0)); err != nil {
+		return nil, 0, 0, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := cp.call(childCmd{Op: "stats", Group: grp})
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		if st.Sample != "" {
+			b := []byte(st.Sample)
+			i, j := strings.Index(st.Sample, string(markN)), strings.Index(st.Sample, string(markT))
+			if i < 0 || j < 0 {
+				return nil, 0, 0, fmt.Errorf("markers missing in %s", b)
+			}
+			return b, i + len(markN), j + len(markT), nil
+		}
+		if st.Ended > 0 {
+			return nil, 0, 0, fmt.Errorf("subscription ended: %s", st.EndCause)
+		}
+		if time.Now().After(deadline) {
+			return nil, 0, 0, errors.New("no event arrived within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (r *Result) buildFigures(o Options) {
+	add := func(f Figure) { r.Figures = append(r.Figures, f) }
+	ratioOf := func(v, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return v / b
+	}
+	judge := func(ok bool) string {
+		if ok {
+			return "PASS"
+		}
+		return "MISS"
+	}
+	d := r.Details
+	ins := d.Insert.PerSec
+	best := IngestResult{}
+	for _, in := range d.Ingest {
+		add(Figure{Key: fmt.Sprintf("ingest_c%d", in.Posters), Name: fmt.Sprintf("webhook ingest, %d posters", in.Posters), Unit: "202/s",
+			Value: in.PerSec, BaselineName: "raw serial InsertOne/s", Baseline: ins, Ratio: ratioOf(in.PerSec, ins), Result: "info"})
+		if in.PerSec > best.PerSec {
+			best = in
+		}
+	}
+	rt := ratioOf(best.PerSec, ins)
+	add(Figure{Key: "ingest_best", Name: fmt.Sprintf("webhook ingest, best (%d posters)", best.Posters), Unit: "202/s",
+		Value: best.PerSec, BaselineName: "raw serial InsertOne/s", Baseline: ins, Ratio: rt, Target: "≥ 5x", Result: judge(rt >= 5)})
+
+	gm, rm := d.Gateway.Max, d.Raw.Max
+	add(Figure{Key: "fanout_events_in", Name: fmt.Sprintf("fan-out events/s in, %d subs", o.Subs), Unit: "events/s",
+		Value: gm.EventsPerSec, BaselineName: "raw broadcasts/s", Baseline: rm.EventsPerSec, Ratio: ratioOf(gm.EventsPerSec, rm.EventsPerSec), Result: "info"})
+	rt = ratioOf(gm.MsgsPerSec, rm.MsgsPerSec)
+	add(Figure{Key: "fanout_msgs_delivered", Name: fmt.Sprintf("fan-out messages/s delivered, %d subs", o.Subs), Unit: "msgs/s",
+		Value: gm.MsgsPerSec, BaselineName: "raw broadcast msgs/s", Baseline: rm.MsgsPerSec, Ratio: rt, Target: "≥ 0.5x", Result: judge(rt >= 0.5)})
+
+	gl, rl := d.Gateway.Latency, d.Raw.Latency
+	add(Figure{Key: "latency_rate", Name: "latency phase rate (half of own max)", Unit: "events/s",
+		Value: gl.AchievedRate, BaselineName: "raw broadcast", Baseline: rl.AchievedRate, Ratio: ratioOf(gl.AchievedRate, rl.AchievedRate), Result: "info"})
+	if gl.SentToReceived != nil && rl.SentToReceived != nil {
+		g, b := gl.SentToReceived, rl.SentToReceived
+		add(Figure{Key: "latency_p50", Name: "sent→received p50 at half max", Unit: "ms", Value: g.P50 / 1000,
+			BaselineName: "raw broadcast", Baseline: b.P50 / 1000, Ratio: ratioOf(g.P50, b.P50), Result: "info"})
+		rt = ratioOf(g.P99, b.P99)
+		add(Figure{Key: "latency_p99", Name: fmt.Sprintf("sent→received p99 at half max, %d subs", o.Subs), Unit: "ms", Value: g.P99 / 1000,
+			BaselineName: "raw broadcast", Baseline: b.P99 / 1000, Ratio: rt, Target: "≤ 1.5x", Result: judge(rt <= 1.5)})
+		add(Figure{Key: "latency_max", Name: "sent→received max at half max", Unit: "ms", Value: g.Max / 1000,
+			BaselineName: "raw broadcast", Baseline: b.Max / 1000, Ratio: ratioOf(g.Max, b.Max), Result: "info"})
+	} else {
+		add(Figure{Key: "latency_p99", Name: fmt.Sprintf("sent→received p99 at half max, %d subs", o.Subs), Unit: "ms",
+			Target: "≤ 1.5x", Result: "MISS", Note: "not measured"})
+	}
+	if a := gl.AcceptedToReceived; a != nil {
+		n := fmt.Sprintf("gateway 202→received at half max: p50 %s, p99 %s, max %s", us(a.P50), us(a.P99), us(a.Max))
+		if a.P50 < 0 {
+			n += " (negative: most deliveries happened before the poster read its 202; the gateway publishes first)"
+		}
+		r.Notes = append(r.Notes, n)
+	}
+
+	largest := slices.Max(o.Idle)
+	for _, p := range d.Idle {
+		n := p.Gateway.Subs
+		f := Figure{Key: fmt.Sprintf("idle_rss_%d", n), Name: fmt.Sprintf("RSS per idle subscription, %d", n), Unit: "KiB",
+			Value: p.Gateway.RSSPerSubKiB, BaselineName: "raw gorilla conn", Baseline: p.Raw.RSSPerSubKiB,
+			Ratio: ratioOf(p.Gateway.RSSPerSubKiB, p.Raw.RSSPerSubKiB), Result: "info"}
+		if n == largest {
+			f.Target, f.Result = "≤ 24 KiB", judge(p.Gateway.Skipped == "" && p.Gateway.RSSPerSubKiB > 0 && p.Gateway.RSSPerSubKiB <= 24)
+			if n != 10000 {
+				f.Note = "target is set at 10,000"
+			}
+		}
+		if p.Gateway.Skipped != "" {
+			f.Result, f.Note = "SKIP", p.Gateway.Skipped
+		}
+		add(f)
+		add(Figure{Key: fmt.Sprintf("idle_goroutines_%d", n), Name: fmt.Sprintf("goroutines per idle subscription, %d", n), Unit: "",
+			Value: p.Gateway.GoroutinesPer, BaselineName: "raw gorilla conn", Baseline: p.Raw.GoroutinesPer,
+			Ratio: ratioOf(p.Gateway.GoroutinesPer, p.Raw.GoroutinesPer), Result: "info"})
+	}
+	for _, p := range d.Idle {
+		if p.Gateway.Skipped == "" {
+			r.Notes = append(r.Notes, fmt.Sprintf("idle %d: gateway heap %.1f KiB + stacks %.1f KiB per subscription; client process %.1f KiB per connection",
+				p.Gateway.Subs, p.Gateway.HeapPerSubKiB, p.Gateway.StackPerSubKiB, p.Gateway.ClientRSSPerKiB))
+		}
+	}
+	if d.MessageBytes > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("message broadcast by the raw baseline: the gateway's own, %d bytes", d.MessageBytes))
+	}
+}
+
+// PrintTable writes the human-readable table.
+func (r *Result) PrintTable(w io.Writer) {
+	m := r.Machine
+	fmt.Fprintf(w, "\nLeadstream end-to-end benchmark — %s, %s/%s, GOMAXPROCS=%d, %s\n\n", m.GoVersion, m.GOOS, m.GOARCH, m.GOMAXPROCS, m.CPUModel)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "figure\tvalue\tbaseline\t\tratio\ttarget\tresult")
+	for _, f := range r.Figures {
+		base, ratio := "", ""
+		if f.BaselineName != "" {
+			base = num(f.Baseline) + " " + f.Unit
+			ratio = fmt.Sprintf("%.2fx", f.Ratio)
+		}
+		res := f.Result
+		if f.Note != "" {
+			res += " (" + f.Note + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s %s\t%s\t%s\t%s\t%s\t%s\n", f.Name, num(f.Value), f.Unit, base, f.BaselineName, ratio, f.Target, res)
+	}
+	tw.Flush()
+	for _, n := range r.Notes {
+		fmt.Fprintln(w, "note:", n)
+	}
+	for _, e := range r.Errors {
+		fmt.Fprintln(w, "error:", e)
+	}
+	fmt.Fprintf(w, "run took %.0fs; load average at start %s, at end %s (GOMAXPROCS %d)\n", r.Seconds,
+		at(m.LoadAvg, 0), at(m.LoadAvg, 1), m.GOMAXPROCS)
+}
+
+// WriteJSON writes the result to path.
+func (r *Result) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func at(s []string, i int) string {
+	if i < len(s) {
+		return s[i]
+	}
+	return "?"
+}
+
+func num(v float64) string {
+	switch a := max(v, -v); {
+	case a >= 100:
+		return commas(int64(v + 0.5))
+	case a >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+}
+
+func commas(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// us formats microseconds.
+func us(v float64) string {
+	if max(v, -v) >= 1000 {
+		return fmt.Sprintf("%.2fms", v/1000)
+	}
+	return fmt.Sprintf("%.0fµs", v)
+}
+
+func machineInfo() Machine {
+	m := Machine{GoVersion: runtime.Version(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH,
+		GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(), FileLimit: raiseFileLimit(), LoadAvg: []string{loadAvg()}}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard one and returns it.
+func raiseFileLimit() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	return lim.Cur
+}
