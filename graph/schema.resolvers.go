@@ -274,6 +274,9 @@ func (r *subscriptionResolver) MarketoEvents(ctx context.Context, instanceID *st
 		return nil, err
 	}
 	setStreamEnd(ctx, st.Err)
+	if feed, ok := tapStream(ctx, st); ok {
+		return feed, nil
+	}
 	return st.C, nil
 }
 

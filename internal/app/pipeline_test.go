@@ -69,12 +69,19 @@ func TestWebhookReachesEveryTransport(t *testing.T) {
 	}
 	// An organization-wide subscription sees it too.
 	subs = append(subs, apptest.Subscribe(t, g.URL, "graphql-transport-ws", apptest.AuthA, subQuery, nil))
-	g.WaitSubscriptions(t, len(subs))
+	// Subscribers share renderings only with the same query: this one asks
+	// for less and must get exactly that.
+	narrow := apptest.Subscribe(t, g.URL, "graphql-transport-ws", apptest.AuthA,
+		`subscription($id: ID) { marketoEvents(instanceId: $id) { cursor } }`, map[string]any{"id": id})
+	g.WaitSubscriptions(t, len(subs)+1)
 
 	body := []byte(`{"first_name":"Ada","email":"ada@example.com","score":1.50,"tags":["a","b"],"nested":{"x":null}}`)
 	status, ack := apptest.Post(t, hook, "application/json", body, nil)
 	if status != 202 || ack["id"] == "" || ack["cursor"] != "1" {
 		t.Fatalf("webhook answered %d %v", status, ack)
+	}
+	if m := narrow.Next(t, 10*time.Second); string(m.Data) != `{"marketoEvents":{"cursor":"1"}}` {
+		t.Errorf("narrow subscriber got %s", m.Data)
 	}
 	for i, s := range subs {
 		e := nextEvent(t, s)

@@ -61,7 +61,7 @@ func (a *App) graphqlHandler() http.Handler {
 		Connectors: a.conns, Connect: a.connect, Instances: a.instances,
 		Store: a.store, Broker: a.broker, Poller: a.poller, Log: a.log,
 	}
-	srv := handler.New(graph.NewExecutableSchema(graph.Config{Resolvers: res}))
+	srv := handler.New(graph.SharedRendering(graph.NewExecutableSchema(graph.Config{Resolvers: res})))
 	present := graph.ErrorPresenter(a.log)
 	ws := gorillaws.New(gorillaws.WithUpgrader(websocket.Upgrader{
 		// Credentials travel in connection_init, never in cookies, so a

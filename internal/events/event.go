@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -126,6 +127,8 @@ type Event struct {
 	ReceivedAt time.Time `bson:"receivedAt"`
 	Payload    JSON      `bson:"payload"`
 	Delivery   *Delivery `bson:"delivery,omitempty"`
+
+	memos sync.Map // key → *memo; renderings shared by subscribers
 }
 
 // Cursor is the event's opaque position within its instance.
@@ -161,4 +164,19 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 		ReceivedAt time.Time `json:"receivedAt"`
 		Payload    JSON      `json:"payload"`
 	}{e.ID, e.Cursor(), e.InstanceID, e.Source, e.EventType, e.ObjectType, e.ObjectID, e.OccurredAt, e.ReceivedAt, e.Payload})
+}
+
+// Memo returns what render returns for key, computing it once per event:
+// one event goes to many subscribers, and those with the same query need
+// the same bytes, so they share one rendering.
+func (e *Event) Memo(key string, render func() any) any {
+	v, _ := e.memos.LoadOrStore(key, &memo{})
+	m := v.(*memo)
+	m.once.Do(func() { m.v = render() })
+	return m.v
+}
+
+type memo struct {
+	once sync.Once
+	v    any
 }

@@ -197,11 +197,17 @@ func (c *conn) WriteJSON(v any) error {
 	buf := c.impl.getBuffer()
 	defer c.impl.putBuffer(buf)
 
-	if err := json.NewEncoder(buf).Encode(v); err != nil {
-		return err
+	var data []byte
+	if b, ok := appendEnvelope(buf.AvailableBuffer(), v); ok {
+		data = b
+		buf.Write(b) // keep the grown buffer for the pool
+	} else {
+		if err := json.NewEncoder(buf).Encode(v); err != nil {
+			return err
+		}
+		data = buf.Bytes()
+		data = data[:len(data)-1] // drop Encode's trailing newline to match json.Marshal
 	}
-	data := buf.Bytes()
-	data = data[:len(data)-1] // drop Encode's trailing newline to match json.Marshal
 
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()

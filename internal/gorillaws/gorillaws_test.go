@@ -631,3 +631,34 @@ func BenchmarkWriteJSON(b *testing.B) {
 		})
 	}
 }
+
+// The hand-written envelope is byte-for-byte what encoding/json writes.
+func TestEnvelopeMatchesEncodingJSON(t *testing.T) {
+	type msg struct {
+		Payload json.RawMessage `json:"payload,omitempty"`
+		ID      string          `json:"id,omitempty"`
+		Type    string          `json:"type"`
+		noOp    bool
+	}
+	// gqlgen's payloads come from json.Marshal, as this one does.
+	payload, _ := json.Marshal(map[string]any{"data": map[string]any{"x": "<b>&é\u2028", "n": 1.5}})
+	for _, m := range []*msg{
+		{Payload: payload, ID: "1", Type: "next"},
+		{Type: "connection_ack"},
+		{ID: "op \"7\"<", Type: "complete"},
+		{Payload: json.RawMessage(`[{"message":"m"}]`), Type: "error", noOp: true},
+	} {
+		want, _ := json.Marshal(m)
+		got, ok := appendEnvelope(nil, m)
+		if !ok || string(got) != string(want) {
+			t.Errorf("envelope %s, want %s (ok %v)", got, want, ok)
+		}
+	}
+	type other struct{ A int }
+	if _, ok := appendEnvelope(nil, &other{1}); ok {
+		t.Error("a struct of another shape was taken for an envelope")
+	}
+	if _, ok := appendEnvelope(nil, map[string]any{"type": "x"}); ok {
+		t.Error("a map was taken for an envelope")
+	}
+}

@@ -101,7 +101,7 @@ func startEmbedded(dir string, log *slog.Logger) (string, func(), error) {
 	if err := os.MkdirAll(abs, 0o700); err != nil {
 		return "", nil, fmt.Errorf("store: create %s: %w", abs, err)
 	}
-	flog := slog.New(quiet{log.Handler()}).With("component", "ferretdb")
+	flog := slog.New(quiet{next: log.Handler()}).With("component", "ferretdb")
 	ferretMu.Lock()
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: "127.0.0.1:0"},
@@ -125,16 +125,33 @@ func startEmbedded(dir string, log *slog.Logger) (string, func(), error) {
 }
 
 // quiet passes on only FerretDB's errors: it logs every connection at info
-// and harmless protocol gaps (endSessions) at warn.
-type quiet struct{ slog.Handler }
-
-func (q quiet) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= slog.LevelError && q.Handler.Enabled(ctx, l)
+// and harmless protocol gaps (endSessions) at warn. FerretDB also derives a
+// logger (With) for every SQL statement, so attributes are kept as they are
+// and only formatted for a record that is actually written.
+type quiet struct {
+	next  slog.Handler
+	steps []func(slog.Handler) slog.Handler
 }
 
-func (q quiet) WithAttrs(as []slog.Attr) slog.Handler { return quiet{q.Handler.WithAttrs(as)} }
+func (q quiet) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelError && q.next.Enabled(ctx, l)
+}
 
-func (q quiet) WithGroup(name string) slog.Handler { return quiet{q.Handler.WithGroup(name)} }
+func (q quiet) Handle(ctx context.Context, r slog.Record) error {
+	h := q.next
+	for _, step := range q.steps {
+		h = step(h)
+	}
+	return h.Handle(ctx, r)
+}
+
+func (q quiet) WithAttrs(as []slog.Attr) slog.Handler {
+	return quiet{next: q.next, steps: append(q.steps[:len(q.steps):len(q.steps)], func(h slog.Handler) slog.Handler { return h.WithAttrs(as) })}
+}
+
+func (q quiet) WithGroup(name string) slog.Handler {
+	return quiet{next: q.next, steps: append(q.steps[:len(q.steps):len(q.steps)], func(h slog.Handler) slog.Handler { return h.WithGroup(name) })}
+}
 
 // Ping checks that the database answers; /readyz uses it.
 func (s *Store) Ping(ctx context.Context) error {
