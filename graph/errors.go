@@ -93,7 +93,7 @@ func classify(err error) (code, msg string, ext map[string]any) {
 	return apperr.Internal, "internal error", nil
 }
 
-// Authenticated returns the caller or UNAUTHENTICATED.
+// caller returns the authenticated caller, or UNAUTHENTICATED.
 func caller(ctx context.Context) (auth.Identity, error) {
 	id, ok := auth.FromContext(ctx)
 	if !ok {
