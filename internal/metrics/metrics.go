@@ -33,6 +33,20 @@ func New() *Metrics {
 	m.polls = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "leadstream_poll_duration_seconds", Help: "Duration of Marketo polls.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 12)}, []string{"outcome"})
 	m.reg.MustRegister(m.webhooks, m.ingested, m.deliveries, m.marketo, m.polls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Series that exist from the start, so dashboards and rate() see zeros
+	// rather than nothing.
+	for _, s := range []string{"202", "400", "401", "404", "409", "413"} {
+		m.webhooks.WithLabelValues(s)
+	}
+	for _, s := range []string{"POLLER", "WEBHOOK"} {
+		m.ingested.WithLabelValues(s)
+	}
+	for _, s := range []string{"delivered", "failed_attempt", "gave_up"} {
+		m.deliveries.WithLabelValues(s)
+	}
+	for _, s := range []string{"ok", "error"} {
+		m.polls.WithLabelValues(s)
+	}
 	return m
 }
 
