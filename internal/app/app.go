@@ -46,6 +46,8 @@ type App struct {
 	metrics   *metrics.Metrics
 	httpc     *http.Client
 
+	// wsConns are the goroutines serving websocket connections.
+	wsConns sync.WaitGroup
 	// streams is the parent of every subscription, ended at shutdown.
 	streams    context.Context
 	endStreams context.CancelFunc
@@ -176,10 +178,23 @@ func (a *App) Run(ctx context.Context, ready func(addr string)) error {
 		a.log.Warn("http shutdown", "err", err)
 		_ = srv.Close()
 	}
+	a.waitWebsockets(sctx)
 	stopBG()
 	wg.Wait()
 	a.ingester.Close()
 	return nil
+}
+
+// waitWebsockets waits for websocket connections to finish closing, which
+// ending the streams context started.
+func (a *App) waitWebsockets(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { a.wsConns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		a.log.Warn("websocket connections still closing at shutdown deadline")
+	}
 }
 
 // cleanup removes expired connect requests and codes; the embedded store

@@ -1,11 +1,14 @@
 package app
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
@@ -125,16 +128,16 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 		isWS := strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 		isStream := isWS || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 		ctx := r.Context()
+		if isWS {
+			a.serveWebsocket(next, w, r.WithContext(context.WithValue(ctx, upgradeAuthKey{}, r.Header.Get("Authorization"))))
+			return
+		}
 		if isStream {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithCancel(ctx)
 			defer cancel()
 			stop := context.AfterFunc(a.streams, cancel)
 			defer stop()
-		}
-		if isWS {
-			next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, upgradeAuthKey{}, r.Header.Get("Authorization"))))
-			return
 		}
 		id, err := a.auth.Authenticate(ctx, r.Header.Get("Authorization"))
 		if err != nil {
@@ -157,3 +160,73 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// serveWebsocket runs a websocket connection on a goroutine of its own, so
+// that the HTTP handler returns as soon as the connection is hijacked and
+// net/http lets go of the request's buffers (about 11 KiB per idle
+// subscriber). gqlgen's transport would otherwise hold the handler for the
+// connection's whole life. The App owns the goroutine: shutdown ends its
+// context and waits for it.
+func (a *App) serveWebsocket(next http.Handler, w http.ResponseWriter, r *http.Request) {
+	// The request's context ends when the handler returns; the connection's
+	// must not.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	stop := context.AfterFunc(a.streams, cancel)
+	hw := &hijackSignal{w: w, hijacked: make(chan struct{})}
+	done := make(chan struct{})
+	a.wsConns.Add(1)
+	go func() {
+		defer a.wsConns.Done()
+		defer close(done)
+		defer cancel()
+		defer stop()
+		next.ServeHTTP(hw, r.WithContext(ctx))
+	}()
+	select {
+	case <-hw.hijacked:
+	case <-done: // the upgrade failed and an HTTP answer was written
+	}
+}
+
+// hijackSignal tells when the websocket upgrade took the connection over,
+// and then forgets net/http's response writer.
+type hijackSignal struct {
+	mu       sync.Mutex
+	w        http.ResponseWriter
+	hijacked chan struct{}
+}
+
+func (h *hijackSignal) writer() http.ResponseWriter {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.w == nil {
+		return discard{}
+	}
+	return h.w
+}
+
+func (h *hijackSignal) Header() http.Header         { return h.writer().Header() }
+func (h *hijackSignal) Write(b []byte) (int, error) { return h.writer().Write(b) }
+func (h *hijackSignal) WriteHeader(code int)        { h.writer().WriteHeader(code) }
+
+func (h *hijackSignal) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.writer().(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("app: connection cannot be taken over")
+	}
+	c, brw, err := hj.Hijack()
+	if err == nil {
+		h.mu.Lock()
+		h.w = nil
+		h.mu.Unlock()
+		close(h.hijacked)
+	}
+	return c, brw, err
+}
+
+// discard stands in for the response writer once the connection is hijacked.
+type discard struct{}
+
+func (discard) Header() http.Header         { return http.Header{} }
+func (discard) Write(b []byte) (int, error) { return 0, http.ErrHijacked }
+func (discard) WriteHeader(int)             {}
