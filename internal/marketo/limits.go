@@ -55,6 +55,17 @@ func (l *Limits) forHost(key string) *hostLimiter {
 
 // hostKey is the lower-cased host of a REST URL, without a default port,
 // so that spellings of one subscription share a limiter.
+// SubscriptionKey names the Marketo subscription a REST URL belongs to (its
+// lower-cased host without a default port): calls to one key share
+// Marketo's limits, and callers may share per-subscription caches by it.
+func SubscriptionKey(restURL string) string {
+	u, err := url.Parse(strings.TrimSpace(restURL))
+	if err != nil || u.Host == "" {
+		return restURL
+	}
+	return hostKey(u)
+}
+
 func hostKey(u *url.URL) string {
 	host := strings.ToLower(u.Host)
 	switch {

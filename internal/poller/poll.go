@@ -162,7 +162,7 @@ func (p *Poller) ingest(ctx context.Context, c *marketo.Client, in store.Instanc
 	for _, a := range acts {
 		if !isLeadType(a.ActivityTypeID) {
 			var err error
-			if names, err = p.types.names(ctx, restHost(set.RESTURL), c); err != nil {
+			if names, err = p.types.names(ctx, marketo.SubscriptionKey(set.RESTURL), c); err != nil {
 				return fmt.Errorf("poller: activity types: %w", err)
 			}
 			break

@@ -3,8 +3,6 @@ package poller
 import (
 	"context"
 	"errors"
-	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -86,21 +84,4 @@ func (tc *typeCache) names(ctx context.Context, host string, c *marketo.Client) 
 		return nil, err
 	}
 	return h.names, nil
-}
-
-// restHost identifies a Marketo subscription by its REST URL's host, the
-// way the client's limits do.
-func restHost(restURL string) string {
-	u, err := url.Parse(strings.TrimSpace(restURL))
-	if err != nil || u.Host == "" {
-		return restURL
-	}
-	host := strings.ToLower(u.Host)
-	switch {
-	case u.Scheme == "https":
-		host = strings.TrimSuffix(host, ":443")
-	case u.Scheme == "http":
-		host = strings.TrimSuffix(host, ":80")
-	}
-	return host
 }
