@@ -216,7 +216,9 @@ func (w *shardWriter) write(batch []*request) {
 	// Keyed drafts cost one lookup each; give big batches time for them.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+time.Duration(n)*50*time.Millisecond)
 	defer cancel()
-	now := time.Now().UTC()
+	// Milliseconds: what the store keeps, so a live event and its replay
+	// carry the same times.
+	now := time.Now().UTC().Truncate(time.Millisecond)
 
 	var pending []*slot
 	byKey := map[[2]string]*slot{} // first slot of each key in this batch
@@ -267,7 +269,7 @@ func (w *shardWriter) write(batch []*request) {
 		s.ev = &Event{
 			ID: eventID(d.InstanceID, s.key), InstanceID: d.InstanceID, OrgID: d.OrgID, DedupeKey: s.key,
 			Source: d.Source, EventType: d.EventType, ObjectType: d.ObjectType, ObjectID: d.ObjectID,
-			OccurredAt: d.OccurredAt.UTC(), ReceivedAt: now, Payload: d.Payload,
+			OccurredAt: d.OccurredAt.UTC().Truncate(time.Millisecond), ReceivedAt: now, Payload: d.Payload,
 		}
 		if s.ev.OccurredAt.IsZero() {
 			s.ev.OccurredAt = now
