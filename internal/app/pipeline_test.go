@@ -16,7 +16,7 @@ import (
 )
 
 const subQuery = `subscription($id: ID, $after: String) { marketoEvents(instanceId: $id, after: $after) {
-  id cursor instanceId source eventType objectType payload } }`
+  id cursor instanceId source eventType objectType occurredAt receivedAt payload } }`
 
 type eventAnswer struct {
 	ID         string          `json:"id"`
@@ -25,6 +25,8 @@ type eventAnswer struct {
 	Source     string          `json:"source"`
 	EventType  string          `json:"eventType"`
 	ObjectType string          `json:"objectType"`
+	OccurredAt string          `json:"occurredAt"`
+	ReceivedAt string          `json:"receivedAt"`
 	Payload    json.RawMessage `json:"payload"`
 }
 
@@ -215,10 +217,24 @@ func TestReplayAcrossDisconnect(t *testing.T) {
 		post(i)
 	}
 	var last string
+	var live []eventAnswer
 	for range 3 {
-		last = nextEvent(t, s).Cursor
+		e := nextEvent(t, s)
+		live = append(live, e)
+		last = e.Cursor
 	}
 	s.Close()
+	// History says exactly what the live stream said.
+	var hist struct {
+		Events struct{ Edges []struct{ Node eventAnswer } }
+	}
+	g.MustDo(t, apptest.AuthA, `query($id: ID!) { events(instanceId: $id, first: 3) { edges { node { id cursor instanceId source eventType objectType occurredAt receivedAt payload } } } }`,
+		map[string]any{"id": id}, &hist)
+	for i, e := range hist.Events.Edges {
+		if l := live[i]; e.Node.ID != l.ID || e.Node.ReceivedAt != l.ReceivedAt || e.Node.OccurredAt != l.OccurredAt || string(e.Node.Payload) != string(l.Payload) {
+			t.Fatalf("stored %+v, live %+v", e.Node, l)
+		}
+	}
 	g.WaitSubscriptions(t, 0)
 	for i := 4; i <= 6; i++ { // while disconnected
 		post(i)
