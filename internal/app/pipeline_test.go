@@ -297,10 +297,6 @@ func TestSubscriptionAuthAndTenancy(t *testing.T) {
 	if e := nextEvent(t, wideA); e.InstanceID != id {
 		t.Fatalf("A's wide stream: %+v", e)
 	}
-	select {
-	case <-time.After(300 * time.Millisecond):
-	default:
-	}
 	_, idB := newInstance(t, g, authB, fullConfig(fm))
 	apptest.Post(t, idB, "application/json", []byte(`{"for":"B"}`), nil)
 	if e := nextEvent(t, wideB); string(e.Payload) != `{"for":"B"}` {
