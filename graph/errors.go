@@ -63,8 +63,6 @@ func classify(err error) (code, msg string, ext map[string]any) {
 		return apperr.SlowSubscriber, slow.Error(), ext
 	case errors.Is(err, auth.ErrUnauthenticated):
 		return apperr.Unauthenticated, auth.ErrUnauthenticated.Error(), nil
-	case errors.Is(err, events.ErrAfterNeedsInstance):
-		return apperr.BadUserInput, "after needs instanceId: cursors are ordered within one instance", nil
 	case errors.Is(err, context.Canceled):
 		return apperr.Internal, "request cancelled", nil
 	}

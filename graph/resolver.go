@@ -19,6 +19,7 @@ import (
 // EventStore is what resolvers read events, deliveries and poll states from.
 type EventStore interface {
 	EventsAfter(ctx context.Context, orgID, instanceID string, after int64, limit int) ([]*events.Event, error)
+	InstanceIDs(ctx context.Context, orgID string) ([]string, error)
 	Attempts(ctx context.Context, instanceID string, limit int) ([]events.Attempt, error)
 	PollState(ctx context.Context, instanceID string) (store.PollState, error)
 	PendingDelivery(ctx context.Context, eventID string) (events.Delivery, bool, error)

@@ -85,7 +85,7 @@ func TestCallbackSignedRetriedAndResumedAfterRestart(t *testing.T) {
 			t.Fatalf("attempt %d signature %q, want %q", i, r.sig, want)
 		}
 		var ev eventAnswer
-		if err := json.Unmarshal(r.body, &ev); err != nil || string(ev.Payload) != `{"lead":7}` || ev.Cursor != "1" || ev.InstanceID != id {
+		if err := json.Unmarshal(r.body, &ev); err != nil || string(ev.Payload) != `{"lead":7}` || ev.Cursor != cur(1) || ev.InstanceID != id {
 			t.Fatalf("body %s", r.body)
 		}
 	}

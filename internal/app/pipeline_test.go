@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/leadstream/leadstream/internal/app/apptest"
+	"github.com/leadstream/leadstream/internal/events"
 )
 
 const subQuery = `subscription($id: ID, $after: String) { marketoEvents(instanceId: $id, after: $after) {
@@ -31,6 +33,9 @@ type eventAnswer struct {
 }
 
 // newInstance creates an instance and returns its id and secret-bearing webhook URL.
+// cur is the cursor of the n-th event of an instance.
+func cur(n int) string { return events.FormatCursor(int64(n)) }
+
 func newInstance(t *testing.T, g *apptest.Gateway, authz string, cfg map[string]any) (string, string) {
 	t.Helper()
 	var created struct{ CreateInstance instanceAnswer }
@@ -79,10 +84,10 @@ func TestWebhookReachesEveryTransport(t *testing.T) {
 
 	body := []byte(`{"first_name":"Ada","email":"ada@example.com","score":1.50,"tags":["a","b"],"nested":{"x":null}}`)
 	status, ack := apptest.Post(t, hook, "application/json", body, nil)
-	if status != 202 || ack["id"] == "" || ack["cursor"] != "1" {
+	if status != 202 || ack["id"] == "" || ack["cursor"] != cur(1) {
 		t.Fatalf("webhook answered %d %v", status, ack)
 	}
-	if m := narrow.Next(t, 10*time.Second); string(m.Data) != `{"marketoEvents":{"cursor":"1"}}` {
+	if m := narrow.Next(t, 10*time.Second); string(m.Data) != `{"marketoEvents":{"cursor":"`+cur(1)+`"}}` {
 		t.Errorf("narrow subscriber got %s", m.Data)
 	}
 	for i, s := range subs {
@@ -90,7 +95,7 @@ func TestWebhookReachesEveryTransport(t *testing.T) {
 		if !bytes.Equal(e.Payload, body) {
 			t.Errorf("subscriber %d: payload %s, want %s", i, e.Payload, body)
 		}
-		if e.ID != ack["id"] || e.Cursor != "1" || e.InstanceID != id || e.Source != "WEBHOOK" || e.EventType != "WEBHOOK" || e.ObjectType != "webhook" {
+		if e.ID != ack["id"] || e.Cursor != cur(1) || e.InstanceID != id || e.Source != "WEBHOOK" || e.EventType != "WEBHOOK" || e.ObjectType != "webhook" {
 			t.Errorf("subscriber %d: %+v", i, e)
 		}
 	}
@@ -141,7 +146,7 @@ func TestWebhookRequests(t *testing.T) {
 					Events struct{ Edges []struct{ Node eventAnswer } }
 				}
 				g.MustDo(t, apptest.AuthA, `query($id: ID!, $a: String) { events(instanceId: $id, after: $a) { edges { node { id cursor payload } } } }`,
-					map[string]any{"id": id, "a": fmt.Sprint(stored - 1)}, &out)
+					map[string]any{"id": id, "a": cur(stored - 1)}, &out)
 				if len(out.Events.Edges) != 1 || string(out.Events.Edges[0].Node.Payload) != tt.payload || out.Events.Edges[0].Node.ID != ans["id"] {
 					t.Fatalf("stored %+v, want payload %s", out.Events.Edges, tt.payload)
 				}
@@ -171,7 +176,7 @@ func TestConcurrentWebhooksGapFreeCursors(t *testing.T) {
 				return
 			}
 			var c int
-			fmt.Sscan(ans["cursor"], &c)
+			c, _ = strconv.Atoi(ans["cursor"])
 			mu.Lock()
 			cursors = append(cursors, c)
 			mu.Unlock()
@@ -194,7 +199,7 @@ func TestConcurrentWebhooksGapFreeCursors(t *testing.T) {
 		}
 	}
 	g.MustDo(t, apptest.AuthA, `query($id: ID!) { events(instanceId: $id, first: 150) { edges { cursor } pageInfo { endCursor hasNextPage } } }`, map[string]any{"id": id}, &page)
-	if len(page.Events.Edges) != 150 || !page.Events.PageInfo.HasNextPage || page.Events.PageInfo.EndCursor != "150" {
+	if len(page.Events.Edges) != 150 || !page.Events.PageInfo.HasNextPage || page.Events.PageInfo.EndCursor != cur(150) {
 		t.Fatalf("first page: %d edges, %+v", len(page.Events.Edges), page.Events.PageInfo)
 	}
 	if eventCount(t, g, id) != n {
@@ -242,18 +247,18 @@ func TestReplayAcrossDisconnect(t *testing.T) {
 	for _, proto := range []string{"graphql-transport-ws", "sse"} {
 		s2 := apptest.Subscribe(t, g.URL, proto, apptest.AuthA, subQuery, map[string]any{"id": id, "after": last})
 		for want := 4; want <= 6; want++ {
-			if e := nextEvent(t, s2); e.Cursor != fmt.Sprint(want) || string(e.Payload) != fmt.Sprintf(`{"n":%d}`, want) {
+			if e := nextEvent(t, s2); e.Cursor != cur(want) || string(e.Payload) != fmt.Sprintf(`{"n":%d}`, want) {
 				t.Fatalf("%s replay: got %+v, want cursor %d", proto, e, want)
 			}
 		}
 		s2.Close()
 	}
 	s3 := apptest.Subscribe(t, g.URL, "graphql-ws", apptest.AuthA, subQuery, map[string]any{"id": id, "after": "5"})
-	if e := nextEvent(t, s3); e.Cursor != "6" {
+	if e := nextEvent(t, s3); e.Cursor != cur(6) {
 		t.Fatalf("replay after 5: %+v", e)
 	}
 	post(7) // live after the replay, no gap, no duplicate
-	if e := nextEvent(t, s3); e.Cursor != "7" {
+	if e := nextEvent(t, s3); e.Cursor != cur(7) {
 		t.Fatalf("live after replay: %+v", e)
 	}
 }
@@ -382,7 +387,7 @@ func TestSlowSubscriberResumes(t *testing.T) {
 	}
 	// The fast subscriber got every event, in order.
 	for i := 1; i <= n; i++ {
-		if e := nextEvent(t, fast); e.Cursor != fmt.Sprint(i) {
+		if e := nextEvent(t, fast); e.Cursor != cur(i) {
 			t.Fatalf("fast subscriber: cursor %s, want %d", e.Cursor, i)
 		}
 	}
@@ -409,9 +414,9 @@ func TestSlowSubscriberResumes(t *testing.T) {
 	}
 	resumed := apptest.Subscribe(t, g.URL, "graphql-transport-ws", apptest.AuthA, subQuery, map[string]any{"id": id, "after": last})
 	var lastN int
-	fmt.Sscan(last, &lastN)
+	lastN, _ = strconv.Atoi(last)
 	for want := lastN + 1; want <= n; want++ {
-		if got := nextEvent(t, resumed); got.Cursor != fmt.Sprint(want) {
+		if got := nextEvent(t, resumed); got.Cursor != cur(want) {
 			t.Fatalf("resumed: cursor %s, want %d", got.Cursor, want)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/marketo/marketotest"
 )
 
@@ -216,7 +217,7 @@ func TestPollerSurvivesRestarts(t *testing.T) {
 			evs := p2.storedEvents(t, id)
 			guids := map[string]bool{}
 			for i, e := range evs {
-				if e["cursor"] != fmt.Sprint(i+1) {
+				if e["cursor"] != events.FormatCursor(int64(i+1)) {
 					t.Fatalf("event %d has cursor %v", i, e["cursor"])
 				}
 				g := e["payload"].(map[string]any)["marketoGUID"].(string)

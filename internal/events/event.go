@@ -134,8 +134,9 @@ type Event struct {
 // Cursor is the event's opaque position within its instance.
 func (e *Event) Cursor() string { return FormatCursor(e.Seq) }
 
-// FormatCursor turns a sequence number into a cursor.
-func FormatCursor(seq int64) string { return strconv.FormatInt(seq, 10) }
+// FormatCursor turns a sequence number into a cursor: zero-padded
+// decimal, so cursors of an instance sort the same as strings and as numbers.
+func FormatCursor(seq int64) string { return fmt.Sprintf("%012d", seq) }
 
 // ParseCursor turns a cursor back into a sequence number; "" means the start.
 func ParseCursor(c string) (int64, error) {

@@ -2,18 +2,15 @@ package events
 
 import (
 	"context"
-	"errors"
 	"sync"
 )
 
 // History reads stored events for replay.
 type History interface {
 	EventsAfter(ctx context.Context, orgID, instanceID string, after int64, limit int) ([]*Event, error)
+	// InstanceIDs lists an organization's instances, for org-wide replays.
+	InstanceIDs(ctx context.Context, orgID string) ([]string, error)
 }
-
-// ErrAfterNeedsInstance refuses a replay across instances: cursors are
-// ordered within one instance only.
-var ErrAfterNeedsInstance = errors.New("events: after needs instanceId, because cursors are ordered within one instance")
 
 // Stream is one subscriber's events: stored ones after a cursor, then live
 // ones, with no gap and no duplicate. A nil value on C means the stream ended
@@ -47,13 +44,14 @@ type Streamer struct {
 // the replay runs arrives live and is dropped there if the replay had it.
 // Without after, the broker's channel is handed out as it is: no goroutine
 // per idle subscription. The stream is closed when ctx ends.
+//
+// Cursors are ordered within one instance. Without an instance, after
+// applies to each instance of the organization in turn: each one's stored
+// events above it are replayed, then live events follow, none twice.
 func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, error) {
 	b, h, page := sr.Broker, sr.History, sr.PageSize
 	if page <= 0 {
 		page = 500
-	}
-	if after != "" && f.InstanceID == "" {
-		return nil, ErrAfterNeedsInstance
 	}
 	afterSeq, err := ParseCursor(after)
 	if err != nil {
@@ -70,7 +68,6 @@ func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, e
 	go func() {
 		defer close(out)
 		defer sub.Close()
-		last := afterSeq
 		send := func(e *Event) bool {
 			select {
 			case out <- e:
@@ -79,25 +76,40 @@ func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, e
 				return false
 			}
 		}
-		for {
-			evs, err := h.EventsAfter(ctx, f.OrgID, f.InstanceID, last, page)
-			if err != nil {
-				if ctx.Err() == nil {
-					st.mu.Lock()
-					st.err = err
-					st.mu.Unlock()
-					send(nil)
-				}
+		fail := func(err error) {
+			if ctx.Err() == nil {
+				st.mu.Lock()
+				st.err = err
+				st.mu.Unlock()
+				send(nil)
+			}
+		}
+		instances := []string{f.InstanceID}
+		if f.InstanceID == "" {
+			var err error
+			if instances, err = h.InstanceIDs(ctx, f.OrgID); err != nil {
+				fail(err)
 				return
 			}
-			for _, e := range evs {
-				if !send(e) {
+		}
+		last := map[string]int64{} // per instance, the last sequence sent
+		for _, inst := range instances {
+			last[inst] = afterSeq
+			for {
+				evs, err := h.EventsAfter(ctx, f.OrgID, inst, last[inst], page)
+				if err != nil {
+					fail(err)
 					return
 				}
-				last = e.Seq
-			}
-			if len(evs) < page {
-				break
+				for _, e := range evs {
+					if !send(e) {
+						return
+					}
+					last[inst] = e.Seq
+				}
+				if len(evs) < page {
+					break
+				}
 			}
 		}
 		for {
@@ -106,16 +118,15 @@ func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, e
 				if !ok {
 					return
 				}
-				if e != nil && e.Seq <= last {
-					continue
+				if e != nil {
+					if seen, ok := last[e.InstanceID]; ok && e.Seq <= seen {
+						continue
+					}
 				}
-				if !send(e) {
+				if !send(e) || e == nil {
 					return
 				}
-				if e == nil {
-					return
-				}
-				last = e.Seq
+				last[e.InstanceID] = e.Seq
 			case <-ctx.Done():
 				return
 			}
