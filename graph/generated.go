@@ -115,6 +115,7 @@ type ComplexityRoot struct {
 		DeleteInstance      func(childComplexity int, id string) int
 		OauthURL            func(childComplexity int, input model.OAuthURLInput) int
 		PollNow             func(childComplexity int, instanceID string) int
+		Redeliver           func(childComplexity int, eventID string) int
 		RotateWebhookSecret func(childComplexity int, id string) int
 		UpdateInstance      func(childComplexity int, id string, input model.UpdateInstanceInput) int
 	}
@@ -166,6 +167,7 @@ type MutationResolver interface {
 	RotateWebhookSecret(ctx context.Context, id string) (*model.Instance, error)
 	DeleteInstance(ctx context.Context, id string) (bool, error)
 	PollNow(ctx context.Context, instanceID string) (bool, error)
+	Redeliver(ctx context.Context, eventID string) (*events.Event, error)
 }
 type QueryResolver interface {
 	Connectors(ctx context.Context) ([]*model.Connector, error)
@@ -535,6 +537,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.PollNow(childComplexity, args["instanceId"].(string)), true
+	case "Mutation.redeliver":
+		if e.ComplexityRoot.Mutation.Redeliver == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_redeliver_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.Redeliver(childComplexity, args["eventId"].(string)), true
 	case "Mutation.rotateWebhookSecret":
 		if e.ComplexityRoot.Mutation.RotateWebhookSecret == nil {
 			break
@@ -805,6 +818,8 @@ type Mutation {
   deleteInstance(id: ID!): Boolean!
   "Polls Marketo for the instance now, without waiting for its schedule."
   pollNow(instanceId: ID!): Boolean!
+  "Queues an event for delivery to its instance's current callback URL again, with a fresh set of attempts (for example after the receiver was down longer than the retries last)."
+  redeliver(eventId: ID!): MarketoEvent!
 }
 
 type Subscription {
@@ -1305,6 +1320,20 @@ func (ec *executionContext) field_Mutation_pollNow_args(ctx context.Context, raw
 		return nil, err
 	}
 	args["instanceId"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_redeliver_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "eventId",
+		func(ctx context.Context, v any) (string, error) {
+			return ec.unmarshalNID2string(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["eventId"] = arg0
 	return args, nil
 }
 
@@ -2936,6 +2965,50 @@ func (ec *executionContext) fieldContext_Mutation_pollNow(ctx context.Context, f
 	}()
 	ctx = graphql.WithFieldContext(ctx, fc)
 	if fc.Args, err = ec.field_Mutation_pollNow_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_redeliver(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_redeliver(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().Redeliver(ctx, fc.Args["eventId"].(string))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *events.Event) graphql.Marshaler {
+			return ec.marshalNMarketoEvent2ᚖgithubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐEvent(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_redeliver(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_MarketoEvent(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_redeliver_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
 		ec.Error(ctx, err)
 		return fc, err
 	}
@@ -5309,6 +5382,13 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 		case "pollNow":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
 				return ec._Mutation_pollNow(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "redeliver":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_redeliver(ctx, field)
 			})
 			if out.Values[i] == graphql.Null {
 				out.Invalids++

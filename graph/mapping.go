@@ -2,6 +2,7 @@ package graph
 
 import (
 	"encoding/json"
+	"time"
 
 	"github.com/leadstream/leadstream/graph/model"
 	"github.com/leadstream/leadstream/internal/connector"
@@ -51,3 +52,6 @@ func deref(s *string) string {
 	}
 	return *s
 }
+
+// now is the time at the store's precision.
+func now() time.Time { return time.Now().UTC().Truncate(time.Millisecond) }

@@ -6,6 +6,7 @@ package graph
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/leadstream/leadstream/internal/connect"
 	"github.com/leadstream/leadstream/internal/connector"
@@ -23,6 +24,13 @@ type EventStore interface {
 	Attempts(ctx context.Context, instanceID string, limit int) ([]events.Attempt, error)
 	PollState(ctx context.Context, instanceID string) (store.PollState, error)
 	PendingDelivery(ctx context.Context, eventID string) (events.Delivery, bool, error)
+	Event(ctx context.Context, id string) (*events.Event, error)
+	RequeueDelivery(ctx context.Context, eventID, instanceID string, now time.Time) error
+}
+
+// Notifier is told when deliveries were queued.
+type Notifier interface {
+	Wake()
 }
 
 // Poller starts polls on demand.
@@ -38,5 +46,6 @@ type Resolver struct {
 	Store      EventStore
 	Broker     *events.Broker
 	Poller     Poller
+	Notifier   Notifier
 	Log        *slog.Logger
 }

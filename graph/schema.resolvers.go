@@ -139,6 +139,35 @@ func (r *mutationResolver) PollNow(ctx context.Context, instanceID string) (bool
 	return true, nil
 }
 
+// Redeliver is the resolver for the redeliver field.
+func (r *mutationResolver) Redeliver(ctx context.Context, eventID string) (*events.Event, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ev, err := r.Store.Event(ctx, eventID)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && ev.OrgID != who.OrgID) {
+		return nil, apperr.New(apperr.NotFound, "event not found")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, _, ok, err := r.Instances.Target(ctx, ev.InstanceID); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, apperr.New(apperr.BadUserInput, "the instance has no event.notification.callback.url to deliver to")
+	}
+	err = r.Store.RequeueDelivery(ctx, ev.ID, ev.InstanceID, now())
+	if errors.Is(err, store.ErrDuplicate) {
+		return nil, apperr.New(apperr.BadUserInput, "the event's delivery is already pending")
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.Notifier.Wake()
+	return r.Store.Event(ctx, ev.ID)
+}
+
 // Connectors is the resolver for the connectors field.
 func (r *queryResolver) Connectors(ctx context.Context) ([]*model.Connector, error) {
 	if _, err := caller(ctx); err != nil {

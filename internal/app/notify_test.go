@@ -145,3 +145,67 @@ func TestCallbackSignedRetriedAndResumedAfterRestart(t *testing.T) {
 		t.Fatalf("delivered %d times after a 2xx", len(got3()))
 	}
 }
+
+// A delivery that gave up can be queued again by hand; a pending one or
+// another organization's event cannot.
+func TestRedeliver(t *testing.T) {
+	fm := fakeMarketo(t)
+	// Ten attempts, the last one 4^8 retry bases after the first: keep it short.
+	g := apptest.Start(t, "", map[string]string{"NOTIFY_RETRY_BASE": "10us"})
+	var down atomic.Bool
+	down.Store(true)
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		if down.Load() {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	cfg := fullConfig(fm)
+	cfg["event.notification.callback.url"] = srv.URL
+	id, hook := newInstance(t, g, apptest.AuthA, cfg)
+	_, ack := apptest.Post(t, hook, "application/json", []byte(`{"x":1}`), nil)
+	const q = `mutation($e: ID!) { redeliver(eventId: $e) { id delivery { state attempts } } }`
+
+	if r := g.Do(t, apptest.AuthA, q, map[string]any{"e": ack["id"]}); r.Code() != "BAD_USER_INPUT" {
+		t.Fatalf("redeliver while pending: %s", r.Raw)
+	}
+	state := func() string {
+		var out struct {
+			Events struct {
+				Edges []struct {
+					Node struct{ Delivery struct{ State string } }
+				}
+			}
+		}
+		g.MustDo(t, apptest.AuthA, `query($id: ID!) { events(instanceId: $id) { edges { node { delivery { state } } } } }`, map[string]any{"id": id}, &out)
+		return out.Events.Edges[0].Node.Delivery.State
+	}
+	waitFor(t, "the delivery to give up", func() bool { return state() == "FAILED" })
+	if posts.Load() != 10 {
+		t.Fatalf("%d attempts before giving up, want 10", posts.Load())
+	}
+	authB := g.NewOrg(t, "B")
+	if r := g.Do(t, authB, q, map[string]any{"e": ack["id"]}); r.Code() != "NOT_FOUND" {
+		t.Fatalf("another organization redelivered: %s", r.Raw)
+	}
+	down.Store(false)
+	var out struct {
+		Redeliver struct {
+			ID       string
+			Delivery struct {
+				State    string
+				Attempts int
+			}
+		}
+	}
+	g.MustDo(t, apptest.AuthA, q, map[string]any{"e": ack["id"]}, &out)
+	if out.Redeliver.ID != ack["id"] || (out.Redeliver.Delivery.State != "PENDING" && out.Redeliver.Delivery.State != "DELIVERED") {
+		t.Fatalf("redeliver answered %+v", out.Redeliver)
+	}
+	waitFor(t, "the redelivery", func() bool { return state() == "DELIVERED" })
+	if posts.Load() != 11 {
+		t.Fatalf("%d posts, want 11", posts.Load())
+	}
+}

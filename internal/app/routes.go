@@ -62,7 +62,7 @@ func (a *App) Handler() http.Handler {
 func (a *App) graphqlHandler() http.Handler {
 	res := &graph.Resolver{
 		Connectors: a.conns, Connect: a.connect, Instances: a.instances,
-		Store: a.store, Broker: a.broker, Poller: a.poller, Log: a.log,
+		Store: a.store, Broker: a.broker, Poller: a.poller, Notifier: a.notifier, Log: a.log,
 	}
 	srv := handler.New(graph.SharedRendering(graph.NewExecutableSchema(graph.Config{Resolvers: res})))
 	present := graph.ErrorPresenter(a.log)

@@ -245,3 +245,16 @@ func (s *Store) Attempts(ctx context.Context, instanceID string, limit int) ([]e
 	var out []events.Attempt
 	return out, wrap("attempts", cur.All(ctx, &out))
 }
+
+// RequeueDelivery queues an event for delivery again with a fresh set of
+// attempts. The queue entry is the claim: ErrDuplicate when the event is
+// already pending.
+func (s *Store) RequeueDelivery(ctx context.Context, eventID, instanceID string, now time.Time) error {
+	d := events.Delivery{State: events.DeliveryPending, NextAttemptAt: &now}
+	_, err := s.db.Collection(colQueue).InsertOne(ctx, queueEntry{EventID: eventID, InstanceID: instanceID, NextAttemptAt: now, Delivery: d})
+	if err != nil {
+		return wrap("requeue delivery", err)
+	}
+	_, err = s.db.Collection(colEvents).UpdateOne(ctx, bson.D{{Key: "_id", Value: eventID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "delivery", Value: d}}}})
+	return wrap("requeue delivery", err)
+}
