@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/leadstream/leadstream/internal/events"
@@ -24,6 +25,9 @@ import (
 
 // MaxBody is the largest body accepted.
 const MaxBody = 1 << 20
+
+// readTimeout bounds reading a body; Marketo itself gives up after 30 s.
+const readTimeout = 30 * time.Second
 
 // Instances finds the instance a webhook is for.
 type Instances interface {
@@ -77,6 +81,8 @@ func Handler(inst Instances, ing Ingester, log *slog.Logger, observe func(status
 			fail(w, http.StatusConflict, "the instance is disabled")
 			return
 		}
+		// A sender that trickles its body must not hold the connection.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(readTimeout))
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 		if err != nil {
 			var mbe *http.MaxBytesError
