@@ -90,6 +90,17 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	return s, nil
 }
 
+// StartEmbedded runs FerretDB (SQLite) on dir as a MongoDB wire-protocol
+// server on a free local port and returns its URI and a stop function. Open
+// uses it when no URI is given; tests use it to stand in for an external
+// MongoDB.
+func StartEmbedded(dir string, log *slog.Logger) (uri string, stop func(), err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return startEmbedded(dir, log)
+}
+
 func startEmbedded(dir string, log *slog.Logger) (string, func(), error) {
 	if dir == "" {
 		return "", nil, errors.New("store: DATA_DIR is empty")
