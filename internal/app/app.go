@@ -45,6 +45,7 @@ type App struct {
 	conns     *connector.Registry
 	metrics   *metrics.Metrics
 	httpc     *http.Client
+	ln        net.Listener
 
 	// wsConns are the goroutines serving websocket connections.
 	wsConns sync.WaitGroup
@@ -56,7 +57,22 @@ type App struct {
 // New opens the store and builds every part; nothing runs until Run.
 func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App, error) {
 	log := newLogger(cfg, stderr)
-	a := &App{cfg: cfg, log: log, stdout: stdout, conns: connector.Default(), metrics: metrics.New()}
+	// Listening comes first: with PORT=0 the public URL names the port the
+	// system picked, and every URL handed out must carry it.
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("app: listen on %s: %w", cfg.ListenAddr, err)
+	}
+	if cfg.PublicURLDerived {
+		cfg.PublicURL = fmt.Sprintf("http://localhost:%d", ln.Addr().(*net.TCPAddr).Port)
+	}
+	a := &App{cfg: cfg, log: log, stdout: stdout, conns: connector.Default(), metrics: metrics.New(), ln: ln}
+	ok := false
+	defer func() {
+		if !ok {
+			ln.Close()
+		}
+	}()
 	a.streams, a.endStreams = context.WithCancel(context.Background())
 	a.httpc = &http.Client{Transport: &http.Transport{
 		Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second,
@@ -113,6 +129,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		ObservePoll:   a.metrics.Poll,
 	})
 	a.metrics.Subscriptions(a.broker.Count)
+	ok = true
 	return a, nil
 }
 
@@ -131,10 +148,7 @@ func (a *App) instanceChanged(id string, in *store.Instance) {
 // shuts down gracefully: no new requests, in-flight ones finish, queued
 // events are stored, and background work drains.
 func (a *App) Run(ctx context.Context, ready func(addr string)) error {
-	ln, err := net.Listen("tcp", a.cfg.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("app: listen on %s: %w", a.cfg.ListenAddr, err)
-	}
+	ln := a.ln
 	srv := &http.Server{
 		Handler:           a.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -223,6 +237,7 @@ func (a *App) CreateOrganization(ctx context.Context, orgSecret, userSecret stri
 
 // Close releases the store; call it after Run returned.
 func (a *App) Close() {
+	_ = a.ln.Close() // in case Run never served it
 	a.ingester.Close()
 	a.store.Close(context.Background())
 }

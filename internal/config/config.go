@@ -15,6 +15,9 @@ import (
 type Config struct {
 	ListenAddr        string
 	PublicURL         string
+	// PublicURLDerived: PUBLIC_URL was not given, so it follows the port
+	// actually listened on (which PORT=0 leaves to the system).
+	PublicURLDerived bool
 	DataDir           string
 	MongoURI          string
 	MongoDatabase     string
@@ -56,13 +59,13 @@ func Load(getenv func(string) string) (Config, error) {
 		}
 		c.ListenAddr = v
 	}
-	c.PublicURL = "http://localhost:" + port
+	c.PublicURL, c.PublicURLDerived = "http://localhost:"+port, true
 	if v := getenv("PUBLIC_URL"); v != "" {
 		u, err := url.Parse(v)
 		if err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 			return c, fmt.Errorf("config: PUBLIC_URL=%q is not an absolute http(s) URL", v)
 		}
-		c.PublicURL = v
+		c.PublicURL, c.PublicURLDerived = v, false
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
 	if v := getenv("DATA_DIR"); v != "" {
