@@ -13,11 +13,11 @@ import (
 
 // Config is every setting the gateway reads from its environment.
 type Config struct {
-	ListenAddr        string
-	PublicURL         string
+	ListenAddr string
+	PublicURL  string
 	// PublicURLDerived: PUBLIC_URL was not given, so it follows the port
 	// actually listened on (which PORT=0 leaves to the system).
-	PublicURLDerived bool
+	PublicURLDerived  bool
 	DataDir           string
 	MongoURI          string
 	MongoDatabase     string
