@@ -46,7 +46,7 @@ func receiver(t *testing.T, fail int32) (*httptest.Server, func() []received) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -58,7 +58,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestCallbackSignedRetriedAndResumedAfterRestart(t *testing.T) {
 	fm := fakeMarketo(t)
 	dir := t.TempDir()
-	g := apptest.Start(t, dir, nil)
+	// A retry base long enough that the gateway cannot run through many
+	// retries while it stops (the delivery after restart waits for the next
+	// one), short enough for three attempts in about a second.
+	env := map[string]string{"NOTIFY_RETRY_BASE": "200ms"}
+	g := apptest.Start(t, dir, env)
 	srv, got := receiver(t, 2)
 	key := "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
 	cfg := fullConfig(fm)
@@ -132,7 +136,7 @@ func TestCallbackSignedRetriedAndResumedAfterRestart(t *testing.T) {
 	srv3, got3 := receiver(t, 0)
 	// Point the instance at a working receiver while the gateway is down:
 	// on restart the pending delivery must go there.
-	g2 := apptest.Start(t, dir, nil)
+	g2 := apptest.Start(t, dir, env)
 	g2.MustDo(t, apptest.AuthA, `mutation($id: ID!, $c: JSON) { updateInstance(id: $id, input: {configuration: $c}) { id } }`,
 		map[string]any{"id": id, "c": map[string]any{"event.notification.callback.url": srv3.URL}}, nil)
 	waitFor(t, "delivery after restart", func() bool { return len(got3()) >= 1 })
