@@ -92,3 +92,22 @@ func BenchmarkIngestDedupeKeys(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkIngestPage stores a poller page of 300 activities with
+// marketoGUIDs, the unit the poller writes.
+func BenchmarkIngestPage(b *testing.B) {
+	s := storetest.New(b)
+	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
+	defer in.Close()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		page := make([]events.Draft, 300)
+		for j := range page {
+			page[j] = draft("i1", fmt.Sprint("g", i, "-", j))
+		}
+		if _, err := in.IngestAll(ctx, page); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

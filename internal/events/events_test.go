@@ -290,3 +290,48 @@ func TestStreamOrgWideReplay(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+// A repeat inside a batch of new events is answered with the stored event,
+// and the new events around it still get gap-free cursors; a repeat of an
+// event whose callback was delivered does not queue it again.
+func TestIngestRepeatAmongNewEvents(t *testing.T) {
+	s := storetest.New(t)
+	in := newIngester(t, s, events.NewBroker(16))
+	ctx := context.Background()
+	notify := func(key string) events.Draft { d := draft("i1", key); d.Notify = true; return d }
+	first, err := in.Ingest(ctx, notify("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDelivery(ctx, first.Event.ID, events.Delivery{State: events.DeliveryDelivered, Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := in.IngestAll(ctx, []events.Draft{notify("a"), notify("x"), notify("b"), notify("c")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rs[1].Duplicate || rs[1].Event.ID != first.Event.ID || rs[1].Event.Seq != 1 {
+		t.Fatalf("repeat answered %+v", rs[1])
+	}
+	for i, want := range map[int]int64{0: 2, 2: 3, 3: 4} {
+		if rs[i].Err != nil || rs[i].Duplicate || rs[i].Event.Seq != want {
+			t.Fatalf("draft %d: %+v, want seq %d", i, rs[i], want)
+		}
+	}
+	stored, _ := s.EventsAfter(ctx, "o1", "i1", 0, 10)
+	if len(stored) != 4 {
+		t.Fatalf("%d events stored, want 4", len(stored))
+	}
+	due, err := s.DueDeliveries(ctx, time.Now().Add(time.Minute), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range due {
+		if e.ID == first.Event.ID {
+			t.Fatal("the delivered event was queued again by its repeat")
+		}
+	}
+	if len(due) != 3 {
+		t.Fatalf("%d deliveries due, want the 3 new events", len(due))
+	}
+}

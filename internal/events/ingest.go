@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"log/slog"
 	"sync"
 	"time"
@@ -46,6 +47,10 @@ type Store interface {
 	InsertEvents(ctx context.Context, evs []*Event) ([]error, error)
 	// EventsByID returns the events among ids that are stored.
 	EventsByID(ctx context.Context, ids []string) ([]*Event, error)
+	// DeleteEvents removes events by id (to take back sequence numbers).
+	DeleteEvents(ctx context.Context, ids []string) error
+	// DequeueDeliveries drops queued deliveries by event id.
+	DequeueDeliveries(ctx context.Context, ids []string) error
 	MaxSeq(ctx context.Context, instanceID string) (int64, error)
 }
 
@@ -200,10 +205,11 @@ type shardWriter struct {
 
 // slot ties a draft to its request and position.
 type slot struct {
-	r   *request
-	i   int
-	ev  *Event
-	key string
+	r     *request
+	i     int
+	ev    *Event
+	key   string
+	order int // arrival order within the batch
 }
 
 func (w *shardWriter) write(batch []*request) {
@@ -222,48 +228,25 @@ func (w *shardWriter) write(batch []*request) {
 
 	var pending []*slot
 	byKey := map[[2]string]*slot{} // first slot of each key in this batch
-	var keyed []string             // ids of drafts that carry a dedupe key
 	for _, r := range batch {
 		for i, d := range r.drafts {
 			key := d.DedupeKey
 			if key == "" {
 				key = "gen:" + uuid.NewString()
 			}
-			s := &slot{r: r, i: i, key: key}
+			s := &slot{r: r, i: i, key: key, order: len(pending)}
 			pending = append(pending, s)
 			k := [2]string{d.InstanceID, key}
 			if _, seen := byKey[k]; seen {
 				continue // a repeat within the batch, answered at the end
 			}
 			byKey[k] = s
-			if d.DedupeKey != "" {
-				keyed = append(keyed, eventID(d.InstanceID, key))
-			}
-		}
-	}
-	// Already stored (a repeated page, a crash replay): answer with the
-	// stored event. Keyed events have an id derived from their key, so this
-	// is a lookup by _id, which the embedded store answers without a scan.
-	existing := map[[2]string]*Event{}
-	if len(keyed) > 0 {
-		evs, err := w.in.store.EventsByID(ctx, keyed)
-		if err != nil {
-			w.failAll(batch, err)
-			return
-		}
-		for _, e := range evs {
-			existing[[2]string{e.InstanceID, e.DedupeKey}] = e
 		}
 	}
 	var toInsert []*slot
 	for _, s := range pending {
 		d := s.r.drafts[s.i]
-		k := [2]string{d.InstanceID, s.key}
-		if e, ok := existing[k]; ok {
-			s.r.results[s.i] = Result{Event: e, Duplicate: true}
-			continue
-		}
-		if byKey[k] != s {
+		if byKey[[2]string{d.InstanceID, s.key}] != s {
 			continue // in-batch repeat, answered below
 		}
 		s.ev = &Event{
@@ -280,7 +263,13 @@ func (w *shardWriter) write(batch []*request) {
 		toInsert = append(toInsert, s)
 	}
 
-	var stored []*Event
+	// Insert first, look up only on a collision. Repeats (a poller page
+	// read again after a crash) collide on _id, which the unique index
+	// finds cheaply, while a lookup before every insert would read the whole
+	// collection on the embedded store. A collision costs a repair: events
+	// stored after it in the batch give their sequence numbers back and go
+	// again, so cursors stay gap-free.
+	stored := map[*slot]bool{}
 	for attempt := 0; len(toInsert) > 0; attempt++ {
 		if attempt == 5 {
 			w.failSlots(toInsert, errors.New("events: could not take a sequence number after 5 tries"))
@@ -301,32 +290,35 @@ func (w *shardWriter) write(batch []*request) {
 			w.failSlots(toInsert, fmt.Errorf("events: store: %w", err))
 			break
 		}
-		var retry []*slot
+		var collided []*slot
 		for i, s := range toInsert {
 			switch {
 			case errs[i] == nil:
 				s.r.results[s.i] = Result{Event: s.ev}
-				stored = append(stored, s.ev)
+				stored[s] = true
 			case errors.Is(errs[i], ErrDuplicateKey):
-				retry = append(retry, s)
+				collided = append(collided, s)
 			default:
 				s.r.results[s.i] = Result{Err: fmt.Errorf("events: store: %w", errs[i])}
 			}
 		}
-		if len(retry) == 0 {
+		if len(collided) == 0 {
 			break
 		}
-		// Another writer (a replica) took a sequence number, or stored the
-		// same dedupe key: look again.
-		toInsert = nil
-		for _, s := range retry {
-			delete(w.lastSeq, s.ev.InstanceID)
-			evs, err := w.in.store.EventsByID(ctx, []string{s.ev.ID})
-			if err == nil && len(evs) == 1 {
-				s.r.results[s.i] = Result{Event: evs[0], Duplicate: true}
-				continue
+		retry, err := w.repair(ctx, toInsert, collided, stored)
+		if err != nil {
+			w.failSlots(toInsert, err)
+			for _, s := range toInsert {
+				delete(stored, s)
 			}
-			toInsert = append(toInsert, s)
+			break
+		}
+		toInsert = retry
+	}
+	var published []*Event
+	for _, s := range pending {
+		if stored[s] {
+			published = append(published, s.ev)
 		}
 	}
 	// In-batch repeats point at the first occurrence's outcome.
@@ -338,17 +330,80 @@ func (w *shardWriter) write(batch []*request) {
 			s.r.results[s.i] = res
 		}
 	}
-	if len(stored) > 0 {
+	if len(published) > 0 {
 		if w.in.pub != nil {
-			w.in.pub.PublishAll(stored)
+			w.in.pub.PublishAll(published)
 		}
 		if w.in.opts.Stored != nil {
-			w.in.opts.Stored(stored)
+			w.in.opts.Stored(published)
 		}
 	}
 	for _, r := range batch {
 		close(r.done)
 	}
+}
+
+// repair handles the collisions of one insert. A collision whose event is
+// stored is a repeat: it is answered with the stored event. Otherwise
+// another writer (a replica) took the sequence number. Either way the
+// events of that instance stored after the first collision are deleted
+// again and retried with the ones that collided, so no sequence number is
+// skipped. It returns what to insert next, in arrival order.
+func (w *shardWriter) repair(ctx context.Context, attempted, collided []*slot, stored map[*slot]bool) ([]*slot, error) {
+	ids := make([]string, len(collided))
+	for i, s := range collided {
+		ids[i] = s.ev.ID
+	}
+	found, err := w.in.store.EventsByID(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	existing := map[string]*Event{}
+	for _, e := range found {
+		existing[e.ID] = e
+	}
+	firstBad := map[string]int64{} // per instance, the lowest sequence not taken
+	var retry []*slot
+	var unqueue []string
+	for _, s := range collided {
+		inst := s.ev.InstanceID
+		if first, ok := firstBad[inst]; !ok || s.ev.Seq < first {
+			firstBad[inst] = s.ev.Seq
+		}
+		if e, ok := existing[s.ev.ID]; ok {
+			s.r.results[s.i] = Result{Event: e, Duplicate: true}
+			// The insert queued a delivery for the repeat; the stored event
+			// owns its delivery, so that entry goes unless it is pending.
+			if s.ev.Delivery != nil && (e.Delivery == nil || e.Delivery.State != DeliveryPending) {
+				unqueue = append(unqueue, e.ID)
+			}
+			continue
+		}
+		retry = append(retry, s)
+	}
+	if len(unqueue) > 0 {
+		if err := w.in.store.DequeueDeliveries(ctx, unqueue); err != nil {
+			return nil, fmt.Errorf("events: %w", err)
+		}
+	}
+	var undo []string
+	for _, s := range attempted {
+		if first, ok := firstBad[s.ev.InstanceID]; ok && stored[s] && s.ev.Seq > first {
+			undo = append(undo, s.ev.ID)
+			delete(stored, s)
+			retry = append(retry, s)
+		}
+	}
+	if len(undo) > 0 {
+		if err := w.in.store.DeleteEvents(ctx, undo); err != nil {
+			return nil, fmt.Errorf("events: %w", err)
+		}
+	}
+	for inst := range firstBad {
+		delete(w.lastSeq, inst) // reread: another writer may have moved on
+	}
+	slices.SortFunc(retry, func(a, b *slot) int { return a.order - b.order })
+	return retry, nil
 }
 
 // assignSeqs gives each slot the next sequence number of its instance, in

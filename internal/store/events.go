@@ -258,3 +258,19 @@ func (s *Store) RequeueDelivery(ctx context.Context, eventID, instanceID string,
 	_, err = s.db.Collection(colEvents).UpdateOne(ctx, bson.D{{Key: "_id", Value: eventID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "delivery", Value: d}}}})
 	return wrap("requeue delivery", err)
 }
+
+// DeleteEvents removes events by id, with any queued delivery of theirs.
+func (s *Store) DeleteEvents(ctx context.Context, ids []string) error {
+	f := bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}
+	if _, err := s.db.Collection(colQueue).DeleteMany(ctx, f); err != nil {
+		return wrap("delete queued deliveries", err)
+	}
+	_, err := s.db.Collection(colEvents).DeleteMany(ctx, f)
+	return wrap("delete events", err)
+}
+
+// DequeueDeliveries drops queued deliveries by event id.
+func (s *Store) DequeueDeliveries(ctx context.Context, ids []string) error {
+	_, err := s.db.Collection(colQueue).DeleteMany(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
+	return wrap("dequeue deliveries", err)
+}
