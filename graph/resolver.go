@@ -25,7 +25,7 @@ type EventStore interface {
 	PollState(ctx context.Context, instanceID string) (store.PollState, error)
 	PendingDelivery(ctx context.Context, eventID string) (events.Delivery, bool, error)
 	Event(ctx context.Context, id string) (*events.Event, error)
-	RequeueDelivery(ctx context.Context, eventID, instanceID string, now time.Time) error
+	RequeueDelivery(ctx context.Context, ev *events.Event, now time.Time) error
 }
 
 // Notifier is told when deliveries were queued.

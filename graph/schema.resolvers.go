@@ -157,7 +157,7 @@ func (r *mutationResolver) Redeliver(ctx context.Context, eventID string) (*even
 	} else if !ok {
 		return nil, apperr.New(apperr.BadUserInput, "the instance has no event.notification.callback.url to deliver to")
 	}
-	err = r.Store.RequeueDelivery(ctx, ev.ID, ev.InstanceID, now())
+	err = r.Store.RequeueDelivery(ctx, ev, now())
 	if errors.Is(err, store.ErrDuplicate) {
 		return nil, apperr.New(apperr.BadUserInput, "the event's delivery is already pending")
 	}

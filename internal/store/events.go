@@ -19,15 +19,16 @@ import (
 // or another error.
 //
 // Events with a pending delivery are first entered in the delivery queue, a
-// small collection the notifier scans instead of every event (the embedded
-// store can only look documents up by _id; any other filter reads the whole
-// collection). Queue first: a crash in between leaves a queue entry without
-// an event, which the notifier drops, never an event without its entry.
+// small collection the notifier reads instead of the events (on the embedded
+// store every lookup reads a whole collection), with a copy of the event.
+// Queue first, confirmed after the events are in: a crash in between leaves
+// an unconfirmed entry, which the notifier later checks against the events,
+// never an event without its entry.
 func (s *Store) InsertEvents(ctx context.Context, evs []*events.Event) ([]error, error) {
 	var queue []any
 	for _, e := range evs {
 		if e.Delivery != nil && e.Delivery.State == events.DeliveryPending {
-			queue = append(queue, queueEntry{EventID: e.ID, InstanceID: e.InstanceID, NextAttemptAt: deref(e.Delivery.NextAttemptAt), Delivery: *e.Delivery})
+			queue = append(queue, queueEntry{EventID: e.ID, InstanceID: e.InstanceID, NextAttemptAt: deref(e.Delivery.NextAttemptAt), Delivery: *e.Delivery, Event: e})
 		}
 	}
 	if len(queue) > 0 {
@@ -42,22 +43,33 @@ func (s *Store) InsertEvents(ctx context.Context, evs []*events.Event) ([]error,
 	}
 	errs := make([]error, len(evs))
 	_, err := s.db.Collection(colEvents).InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
-	if err == nil {
-		return errs, nil
-	}
-	var bwe mongo.BulkWriteException
-	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
-		return nil, wrap("insert events", err)
-	}
-	for _, we := range bwe.WriteErrors {
-		if we.Index < 0 || we.Index >= len(errs) {
+	if err != nil {
+		var bwe mongo.BulkWriteException
+		if !errors.As(err, &bwe) || bwe.WriteConcernError != nil {
 			return nil, wrap("insert events", err)
 		}
-		if mongo.IsDuplicateKeyError(we) {
-			errs[we.Index] = fmt.Errorf("%w: %w", ErrDuplicate, events.ErrDuplicateKey)
-		} else {
-			errs[we.Index] = wrap("insert event", we)
+		for _, we := range bwe.WriteErrors {
+			if we.Index < 0 || we.Index >= len(errs) {
+				return nil, wrap("insert events", err)
+			}
+			if mongo.IsDuplicateKeyError(we) {
+				errs[we.Index] = fmt.Errorf("%w: %w", ErrDuplicate, events.ErrDuplicateKey)
+			} else {
+				errs[we.Index] = wrap("insert event", we)
+			}
 		}
+	}
+	if len(queue) > 0 {
+		var ids []string
+		for i, e := range evs {
+			if errs[i] == nil && e.Delivery != nil && e.Delivery.State == events.DeliveryPending {
+				ids = append(ids, e.ID)
+			}
+		}
+		// A failed confirmation heals itself: the notifier checks
+		// unconfirmed entries against the events after orphanGrace.
+		_, _ = s.db.Collection(colQueue).UpdateMany(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "confirmed", Value: true}}}})
 	}
 	return errs, nil
 }
@@ -70,11 +82,13 @@ type queueEntry struct {
 	InstanceID    string          `bson:"instanceId"`
 	NextAttemptAt time.Time       `bson:"nextAttemptAt"`
 	Delivery      events.Delivery `bson:"delivery"`
+	Event         *events.Event   `bson:"event"`
+	Confirmed     bool            `bson:"confirmed"` // the event is stored
 }
 
-// orphanGrace is how long a queue entry may wait for its event: the entry
-// is written just before the event, so a young orphan is an insert in
-// progress, not a leftover.
+// orphanGrace is how long an unconfirmed queue entry may wait for its
+// event: the entry is written just before the event, so a young one is an
+// insert in progress, not a leftover.
 const orphanGrace = time.Minute
 
 func onlyDuplicates(err error) bool {
@@ -150,9 +164,10 @@ func (s *Store) EventsAfter(ctx context.Context, orgID, instanceID string, after
 }
 
 // DueDeliveries returns up to limit events whose callback delivery is pending
-// and due at now, oldest due first, with their current delivery state.
-// Entries whose event never arrived (a crash between the two inserts) are
-// dropped once they are older than orphanGrace.
+// and due at now, oldest due first, with their current delivery state, from
+// the queue alone. An unconfirmed entry older than orphanGrace is checked
+// against the events: confirmed if its event is there, dropped if not (a
+// crash between the two inserts, before the event was acknowledged).
 func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*events.Event, error) {
 	cur, err := s.db.Collection(colQueue).Find(ctx, bson.D{{Key: "nextAttemptAt", Value: bson.D{{Key: "$lte", Value: now}}}},
 		options.Find().SetSort(bson.D{{Key: "nextAttemptAt", Value: 1}}).SetLimit(int64(limit)))
@@ -165,21 +180,29 @@ func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]
 	}
 	out := make([]*events.Event, 0, len(due))
 	for _, q := range due {
-		e, err := s.Event(ctx, q.EventID)
-		if errors.Is(err, ErrNotFound) {
-			if q.NextAttemptAt.Before(now.Add(-orphanGrace)) {
+		if !q.Confirmed || q.Event == nil {
+			if !q.NextAttemptAt.Before(now.Add(-orphanGrace)) {
+				continue // being inserted
+			}
+			e, err := s.Event(ctx, q.EventID)
+			if errors.Is(err, ErrNotFound) {
 				if _, err := s.db.Collection(colQueue).DeleteOne(ctx, bson.D{{Key: "_id", Value: q.EventID}}); err != nil {
 					return nil, wrap("drop queue entry", err)
 				}
+				continue
 			}
-			continue
-		}
-		if err != nil {
-			return nil, err
+			if err != nil {
+				return nil, err
+			}
+			if _, err := s.db.Collection(colQueue).UpdateOne(ctx, bson.D{{Key: "_id", Value: q.EventID}},
+				bson.D{{Key: "$set", Value: bson.D{{Key: "confirmed", Value: true}, {Key: "event", Value: e}}}}); err != nil {
+				return nil, wrap("confirm queue entry", err)
+			}
+			q.Event = e
 		}
 		d := q.Delivery
-		e.Delivery = &d
-		out = append(out, e)
+		q.Event.Delivery = &d
+		out = append(out, q.Event)
 	}
 	return out, nil
 }
@@ -249,13 +272,13 @@ func (s *Store) Attempts(ctx context.Context, instanceID string, limit int) ([]e
 // RequeueDelivery queues an event for delivery again with a fresh set of
 // attempts. The queue entry is the claim: ErrDuplicate when the event is
 // already pending.
-func (s *Store) RequeueDelivery(ctx context.Context, eventID, instanceID string, now time.Time) error {
+func (s *Store) RequeueDelivery(ctx context.Context, ev *events.Event, now time.Time) error {
 	d := events.Delivery{State: events.DeliveryPending, NextAttemptAt: &now}
-	_, err := s.db.Collection(colQueue).InsertOne(ctx, queueEntry{EventID: eventID, InstanceID: instanceID, NextAttemptAt: now, Delivery: d})
+	_, err := s.db.Collection(colQueue).InsertOne(ctx, queueEntry{EventID: ev.ID, InstanceID: ev.InstanceID, NextAttemptAt: now, Delivery: d, Event: ev, Confirmed: true})
 	if err != nil {
 		return wrap("requeue delivery", err)
 	}
-	_, err = s.db.Collection(colEvents).UpdateOne(ctx, bson.D{{Key: "_id", Value: eventID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "delivery", Value: d}}}})
+	_, err = s.db.Collection(colEvents).UpdateOne(ctx, bson.D{{Key: "_id", Value: ev.ID}}, bson.D{{Key: "$set", Value: bson.D{{Key: "delivery", Value: d}}}})
 	return wrap("requeue delivery", err)
 }
 
