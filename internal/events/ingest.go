@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"slices"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
