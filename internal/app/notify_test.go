@@ -93,18 +93,8 @@ func TestCallbackSignedRetriedAndResumedAfterRestart(t *testing.T) {
 			t.Fatalf("body %s", r.body)
 		}
 	}
-	// Attempts and the final state are visible through GraphQL.
-	var att struct {
-		Deliveries []struct {
-			EventID    string
-			Attempt    int
-			StatusCode *int
-		}
-	}
-	g.MustDo(t, apptest.AuthA, `query($id: ID!) { deliveries(instanceId: $id) { eventId attempt statusCode error durationMs } }`, map[string]any{"id": id}, &att)
-	if len(att.Deliveries) != 3 || att.Deliveries[0].Attempt != 3 || *att.Deliveries[0].StatusCode != 200 || *att.Deliveries[2].StatusCode != 503 {
-		t.Fatalf("deliveries = %+v", att.Deliveries)
-	}
+	// Attempts and the final state are visible through GraphQL, once the
+	// notifier has recorded the answer the receiver just gave.
 	var evs struct {
 		Events struct {
 			Edges []struct {
@@ -117,9 +107,23 @@ func TestCallbackSignedRetriedAndResumedAfterRestart(t *testing.T) {
 			}
 		}
 	}
-	g.MustDo(t, apptest.AuthA, `query($id: ID!) { events(instanceId: $id) { edges { node { delivery { state attempts } } } } }`, map[string]any{"id": id}, &evs)
+	waitFor(t, "the delivery to be recorded", func() bool {
+		g.MustDo(t, apptest.AuthA, `query($id: ID!) { events(instanceId: $id) { edges { node { delivery { state attempts } } } } }`, map[string]any{"id": id}, &evs)
+		return evs.Events.Edges[0].Node.Delivery.State != "PENDING"
+	})
 	if d := evs.Events.Edges[0].Node.Delivery; d.State != "DELIVERED" || d.Attempts != 3 {
 		t.Fatalf("delivery = %+v", d)
+	}
+	var att struct {
+		Deliveries []struct {
+			EventID    string
+			Attempt    int
+			StatusCode *int
+		}
+	}
+	g.MustDo(t, apptest.AuthA, `query($id: ID!) { deliveries(instanceId: $id) { eventId attempt statusCode error durationMs } }`, map[string]any{"id": id}, &att)
+	if len(att.Deliveries) != 3 || att.Deliveries[0].Attempt != 3 || *att.Deliveries[0].StatusCode != 200 || *att.Deliveries[2].StatusCode != 503 {
+		t.Fatalf("deliveries = %+v", att.Deliveries)
 	}
 
 	// The queue survives a restart: a failing receiver, a stop, a new
