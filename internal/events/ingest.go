@@ -63,6 +63,9 @@ type Publisher interface {
 type IngesterOptions struct {
 	Shards   int // writers; an instance always goes to the same one (default 2)
 	MaxBatch int // events per database write (default 500)
+	// Linger is how long a writer waits for more callers while they arrive
+	// concurrently (default 1ms; negative: never).
+	Linger time.Duration
 	Logger   *slog.Logger
 	// Stored is called after each batch with the new events (for example to
 	// wake the notifier); it must not block.
@@ -99,6 +102,9 @@ func NewIngester(s Store, pub Publisher, o IngesterOptions) *Ingester {
 	}
 	if o.MaxBatch < 1 {
 		o.MaxBatch = 500
+	}
+	if o.Linger == 0 {
+		o.Linger = time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -178,9 +184,18 @@ func (in *Ingester) IngestAll(ctx context.Context, drafts []Draft) ([]Result, er
 func (in *Ingester) writer(ch chan *request) {
 	defer in.wg.Done()
 	w := &shardWriter{in: in, lastSeq: map[string]int64{}}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	concurrent := false // the last batch had several callers
 	for r := range ch {
 		batch := []*request{r}
 		n := len(r.drafts)
+		// While callers arrive concurrently, wait a moment for more of them:
+		// each write costs a transaction (an fsync), whatever its size. A
+		// lone caller is written at once.
+		if concurrent && in.opts.Linger > 0 {
+			timer.Reset(in.opts.Linger)
+		}
 	drain:
 		for n < in.opts.MaxBatch {
 			select {
@@ -190,10 +205,25 @@ func (in *Ingester) writer(ch chan *request) {
 				}
 				batch = append(batch, r2)
 				n += len(r2.drafts)
+				continue
 			default:
+			}
+			if !concurrent || in.opts.Linger <= 0 {
+				break
+			}
+			select {
+			case r2, ok := <-ch:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r2)
+				n += len(r2.drafts)
+			case <-timer.C:
 				break drain
 			}
 		}
+		timer.Stop()
+		concurrent = len(batch) > 1
 		w.write(batch)
 	}
 }
