@@ -80,7 +80,6 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	}}
 	key := cfg.SecretKey
 	if key == nil {
-		var err error
 		if key, err = secrets.LoadOrCreateKey(cfg.DataDir); err != nil {
 			return nil, fmt.Errorf("app: %w", err)
 		}
