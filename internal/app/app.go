@@ -34,7 +34,6 @@ type App struct {
 	log       *slog.Logger
 	stdout    io.Writer
 	store     *store.Store
-	box       *secrets.Box
 	auth      *auth.Authenticator
 	broker    *events.Broker
 	ingester  *events.Ingester
@@ -88,7 +87,6 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}
-	a.box = box
 	st, err := store.Open(ctx, store.Options{URI: cfg.MongoURI, Database: cfg.MongoDatabase, DataDir: cfg.DataDir, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
