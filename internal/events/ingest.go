@@ -66,7 +66,7 @@ type IngesterOptions struct {
 	// Linger is how long a writer waits for more callers while they arrive
 	// concurrently (default 1ms; negative: never).
 	Linger time.Duration
-	Logger   *slog.Logger
+	Logger *slog.Logger
 	// Stored is called after each batch with the new events (for example to
 	// wake the notifier); it must not block.
 	Stored func(evs []*Event)
