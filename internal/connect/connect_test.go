@@ -161,3 +161,48 @@ func TestPageRefusesForgedPosts(t *testing.T) {
 		t.Fatalf("credentials checked %d times, want only for the genuine post", verified)
 	}
 }
+
+// Credentials given to oauthUrl are not asked again: the page asks only for
+// the URLs and checks the given key and secret.
+func TestPageUsesCredentialsFromOAuthURL(t *testing.T) {
+	st := storetest.New(t)
+	box, _ := secrets.NewBox(bytes.Repeat([]byte{7}, 32))
+	var checked marketo.Credentials
+	verify := func(_ context.Context, c marketo.Credentials) error { checked = c; return nil }
+	s := New(st, box, connector.Default(), "http://gw.example.com", verify, slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	pageURL, err := s.CreateURL(ctx, "orgA", URLRequest{ConnectorKey: "marketo", CallbackURL: "https://app.example.com/cb",
+		APIKey: "given-id", APISecret: "given-secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.Page()
+	get := httptest.NewRecorder()
+	h.ServeHTTP(get, httptest.NewRequest(http.MethodGet, pageURL, nil))
+	if body := get.Body.String(); strings.Contains(body, `name="client_id"`) || strings.Contains(body, `name="client_secret"`) || strings.Contains(body, "given-secret") {
+		t.Fatal("the page asks for, or shows, credentials it was given")
+	}
+	token := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindStringSubmatch(get.Body.String())[1]
+	form := url.Values{"csrf": {token}, "action": {"connect"}, "identity_url": {"https://m.example.com/identity"}, "rest_url": {"https://m.example.com"}}
+	r := httptest.NewRequest(http.MethodPost, pageURL, strings.NewReader(form.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	r.AddCookie(get.Result().Cookies()[0])
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusFound {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	if checked.ClientID != "given-id" || checked.ClientSecret != "given-secret" || checked.IdentityURL != "https://m.example.com/identity" {
+		t.Fatalf("checked %+v", checked)
+	}
+	loc, _ := url.Parse(w.Header().Get("Location"))
+	c, err := s.Code(ctx, "orgA", loc.Query().Get("code"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range c.Config {
+		if e.Key == "oauth.api.secret" && (!e.Sealed || e.Value == "given-secret") {
+			t.Fatal("the code stores the secret in clear")
+		}
+	}
+}
