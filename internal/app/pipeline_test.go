@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
@@ -12,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/leadstream/leadstream/internal/app/apptest"
 	"github.com/leadstream/leadstream/internal/events"
@@ -418,6 +422,47 @@ func TestSlowSubscriberResumes(t *testing.T) {
 	for want := lastN + 1; want <= n; want++ {
 		if got := nextEvent(t, resumed); got.Cursor != cur(want) {
 			t.Fatalf("resumed: cursor %s, want %d", got.Cursor, want)
+		}
+	}
+}
+
+// The Authorization header on the websocket upgrade works like the one in
+// connection_init.
+func TestWebsocketUpgradeHeaderAuth(t *testing.T) {
+	g := apptest.Start(t, "", nil)
+	for _, tt := range []struct {
+		authz string
+		want  string
+	}{
+		{apptest.AuthA, "connection_ack"},
+		{"User x, Organization y", "close 4401"},
+	} {
+		d := websocket.Dialer{Subprotocols: []string{"graphql-transport-ws"}}
+		conn, _, err := d.Dial(strings.Replace(g.URL, "http", "ws", 1)+"/graphql", http.Header{"Authorization": {tt.authz}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.WriteJSON(map[string]any{"type": "connection_init"}); err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		for got == "" {
+			var m struct{ Type string }
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if err := conn.ReadJSON(&m); err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					got = fmt.Sprint("close ", ce.Code)
+				} else {
+					t.Fatal(err)
+				}
+			} else if m.Type != "connection_error" {
+				got = m.Type
+			}
+		}
+		conn.Close()
+		if got != tt.want {
+			t.Fatalf("auth %q: %s, want %s", tt.authz, got, tt.want)
 		}
 	}
 }
