@@ -13,9 +13,7 @@ import (
 // BenchmarkIngestSerial is one caller storing events one by one (no group
 // commit possible).
 func BenchmarkIngestSerial(b *testing.B) {
-	s := storetest.New(b)
-	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
-	defer in.Close()
+	in := newIngester(b, storetest.New(b), events.NewBroker(16))
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := range b.N {
@@ -28,9 +26,7 @@ func BenchmarkIngestSerial(b *testing.B) {
 // BenchmarkIngestConcurrent is 64 callers at once, as a webhook burst:
 // the writer batches what arrives while it writes.
 func BenchmarkIngestConcurrent(b *testing.B) {
-	s := storetest.New(b)
-	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
-	defer in.Close()
+	in := newIngester(b, storetest.New(b), events.NewBroker(16))
 	ctx := context.Background()
 	b.ResetTimer()
 	var wg sync.WaitGroup
@@ -81,9 +77,7 @@ func BenchmarkPublish(b *testing.B) {
 // BenchmarkIngestDedupeKeys stores poller-style events that carry a
 // marketoGUID, which costs a lookup before the insert.
 func BenchmarkIngestDedupeKeys(b *testing.B) {
-	s := storetest.New(b)
-	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
-	defer in.Close()
+	in := newIngester(b, storetest.New(b), events.NewBroker(16))
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := range b.N {
@@ -96,9 +90,7 @@ func BenchmarkIngestDedupeKeys(b *testing.B) {
 // BenchmarkIngestPage stores a poller page of 300 activities with
 // marketoGUIDs, the unit the poller writes.
 func BenchmarkIngestPage(b *testing.B) {
-	s := storetest.New(b)
-	in := events.NewIngester(s, events.NewBroker(16), events.IngesterOptions{})
-	defer in.Close()
+	in := newIngester(b, storetest.New(b), events.NewBroker(16))
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := range b.N {

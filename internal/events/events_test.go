@@ -16,7 +16,7 @@ import (
 	"github.com/leadstream/leadstream/internal/store/storetest"
 )
 
-func newIngester(t *testing.T, s *store.Store, b *events.Broker) *events.Ingester {
+func newIngester(t testing.TB, s *store.Store, b *events.Broker) *events.Ingester {
 	t.Helper()
 	in := events.NewIngester(s, b, events.IngesterOptions{})
 	t.Cleanup(in.Close)

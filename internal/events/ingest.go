@@ -239,6 +239,7 @@ type slot struct {
 	i     int
 	ev    *Event
 	key   string
+	id    string
 	order int // arrival order within the batch
 }
 
@@ -260,11 +261,16 @@ func (w *shardWriter) write(batch []*request) {
 	byKey := map[[2]string]*slot{} // first slot of each key in this batch
 	for _, r := range batch {
 		for i, d := range r.drafts {
-			key := d.DedupeKey
+			// A keyed event's id is derived from its key, so a repeat
+			// collides; an unkeyed one (a webhook) gets a fresh id.
+			key, id := d.DedupeKey, ""
 			if key == "" {
-				key = "gen:" + uuid.NewString()
+				id = uuid.NewString()
+				key = "gen:" + id
+			} else {
+				id = eventID(d.InstanceID, key)
 			}
-			s := &slot{r: r, i: i, key: key, order: len(pending)}
+			s := &slot{r: r, i: i, key: key, id: id, order: len(pending)}
 			pending = append(pending, s)
 			k := [2]string{d.InstanceID, key}
 			if _, seen := byKey[k]; seen {
@@ -280,7 +286,7 @@ func (w *shardWriter) write(batch []*request) {
 			continue // in-batch repeat, answered below
 		}
 		s.ev = &Event{
-			ID: eventID(d.InstanceID, s.key), InstanceID: d.InstanceID, OrgID: d.OrgID, DedupeKey: s.key,
+			ID: s.id, InstanceID: d.InstanceID, OrgID: d.OrgID, DedupeKey: s.key,
 			Source: d.Source, EventType: d.EventType, ObjectType: d.ObjectType, ObjectID: d.ObjectID,
 			OccurredAt: d.OccurredAt.UTC().Truncate(time.Millisecond), ReceivedAt: now, Payload: d.Payload,
 		}
