@@ -1,8 +1,9 @@
 # Leadstream: `make run` starts the gateway, `make test` runs every test.
 GO      ?= go
 CLIENTS := internal/e2e/clients
+PLAYGROUND := internal/playground
 
-.PHONY: run demo fake-marketo test test-go clients generate lint build bench
+.PHONY: run demo fake-marketo test test-go clients browser-deps assets generate lint build bench
 
 ## run: start the gateway on the embedded store (./data), GraphiQL at http://localhost:8080/
 run:
@@ -16,11 +17,22 @@ demo:
 fake-marketo:
 	$(GO) run . -fake-marketo 127.0.0.1:9090
 
-## test: the whole suite (Go with -race, and the third-party JS clients)
+## test: the whole suite (Go with -race, the third-party JS clients, Chromium on GraphiQL and the connect page)
 test: clients
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## clients: install the JS clients the end-to-end tests drive (from the lock file)
+## browser-deps: Debian's chromium package, which the browser tests drive (apt-get, as root or with sudo)
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then /usr/bin/chromium --version; else \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; fi
+
+## assets: rebuild GraphiQL into internal/playground/dist (committed, embedded) from its lock file
+assets:
+	npm ci --prefix $(PLAYGROUND) --no-audit --no-fund --loglevel=error
+	npm run --prefix $(PLAYGROUND) --silent build
+
+## clients: install the JS clients (and playwright-core) the end-to-end tests drive (from the lock file)
 clients:
 	@if [ ! -d $(CLIENTS)/node_modules ] || [ $(CLIENTS)/package-lock.json -nt $(CLIENTS)/node_modules ]; then \
 		npm ci --prefix $(CLIENTS) --no-audit --no-fund --loglevel=error; fi

@@ -17,7 +17,6 @@ import (
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	"github.com/99designs/gqlgen/graphql/playground"
 	"github.com/gorilla/websocket"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
@@ -26,6 +25,7 @@ import (
 	"github.com/leadstream/leadstream/internal/apperr"
 	"github.com/leadstream/leadstream/internal/auth"
 	"github.com/leadstream/leadstream/internal/gorillaws"
+	"github.com/leadstream/leadstream/internal/playground"
 	"github.com/leadstream/leadstream/internal/webhook"
 )
 
@@ -39,8 +39,9 @@ func (a *App) Handler() http.Handler {
 	mux := http.NewServeMux()
 	gql := a.graphqlHandler()
 	mux.Handle("/graphql", a.requireAuth(gql))
-	mux.Handle("GET /{$}", playground.Handler("Leadstream", "/graphql",
-		playground.WithGraphiqlUiHeaders(map[string]string{"Authorization": "User <USER_SECRET>, Organization <ORGANIZATION_SECRET>"})))
+	pg := playground.Handler()
+	mux.Handle("GET /{$}", pg)
+	mux.Handle("GET /playground/", pg)
 	mux.Handle("/oauth/marketo/authorize", a.connect.Page())
 	mux.Handle("/events/marketo/{id}", webhook.Handler(a.instances, a.ingester, a.log, a.metrics.Webhook))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {

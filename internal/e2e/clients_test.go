@@ -108,7 +108,13 @@ func (s *syncBuffer) String() string {
 
 func startNode(t *testing.T, script string, args ...string) *nodeProc {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), nodeDeadline)
+	return startNodeFor(t, nodeDeadline, script, args...)
+}
+
+// startNodeFor runs a script that is killed after d.
+func startNodeFor(t *testing.T, d time.Duration, script string, args ...string) *nodeProc {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	cmd := exec.CommandContext(ctx, "node", append([]string{script}, args...)...)
 	cmd.Dir = clientsDir
 	cmd.Env = append(os.Environ(), "LEADSTREAM_TIMEOUT_MS=15000")
