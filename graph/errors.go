@@ -91,8 +91,21 @@ func classify(err error) (code, msg string, ext map[string]any) {
 	return apperr.Internal, "internal error", nil
 }
 
-// caller returns the authenticated caller, or UNAUTHENTICATED.
+// caller returns the authenticated caller with the organization's
+// credentials: UNAUTHENTICATED without any, FORBIDDEN with an Element token.
+// Every resolver uses it except the readers of one instance, which use
+// reader and then Instances.Read.
 func caller(ctx context.Context) (auth.Identity, error) {
+	id, err := reader(ctx)
+	if err != nil {
+		return id, err
+	}
+	return id, id.RequireFull()
+}
+
+// reader returns the authenticated caller, possibly scoped to one instance
+// by an Element token; instance.Service.Read applies the scope.
+func reader(ctx context.Context) (auth.Identity, error) {
 	id, ok := auth.FromContext(ctx)
 	if !ok {
 		return id, auth.ErrUnauthenticated

@@ -116,6 +116,7 @@ type ComplexityRoot struct {
 		OauthURL            func(childComplexity int, input model.OAuthURLInput) int
 		PollNow             func(childComplexity int, instanceID string) int
 		Redeliver           func(childComplexity int, eventID string) int
+		RotateInstanceToken func(childComplexity int, id string) int
 		RotateWebhookSecret func(childComplexity int, id string) int
 		UpdateInstance      func(childComplexity int, id string, input model.UpdateInstanceInput) int
 	}
@@ -165,6 +166,7 @@ type MutationResolver interface {
 	CreateInstance(ctx context.Context, input model.CreateInstanceInput) (*model.Instance, error)
 	UpdateInstance(ctx context.Context, id string, input model.UpdateInstanceInput) (*model.Instance, error)
 	RotateWebhookSecret(ctx context.Context, id string) (*model.Instance, error)
+	RotateInstanceToken(ctx context.Context, id string) (*model.Instance, error)
 	DeleteInstance(ctx context.Context, id string) (bool, error)
 	PollNow(ctx context.Context, instanceID string) (bool, error)
 	Redeliver(ctx context.Context, eventID string) (*events.Event, error)
@@ -548,6 +550,17 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Mutation.Redeliver(childComplexity, args["eventId"].(string)), true
+	case "Mutation.rotateInstanceToken":
+		if e.ComplexityRoot.Mutation.RotateInstanceToken == nil {
+			break
+		}
+
+		args, err := ec.field_Mutation_rotateInstanceToken_args(ctx, rawArgs)
+		if err != nil {
+			return 0, false
+		}
+
+		return e.ComplexityRoot.Mutation.RotateInstanceToken(childComplexity, args["id"].(string)), true
 	case "Mutation.rotateWebhookSecret":
 		if e.ComplexityRoot.Mutation.RotateWebhookSecret == nil {
 			break
@@ -814,6 +827,8 @@ type Mutation {
   updateInstance(id: ID!, input: UpdateInstanceInput!): Instance!
   "Issues a new webhook secret; the old one is refused at once. webhookUrl carries the new secret in this answer only."
   rotateWebhookSecret(id: ID!): Instance!
+  "Issues a new Element token (in this answer's token only); the old one is refused at once and subscriptions opened with it end."
+  rotateInstanceToken(id: ID!): Instance!
   "Deletes an instance and ends its subscriptions."
   deleteInstance(id: ID!): Boolean!
   "Polls Marketo for the instance now, without waiting for its schedule."
@@ -879,7 +894,7 @@ type Connector {
 type Instance {
   id: ID!
   name: String!
-  "Returned once, by createInstance; null afterwards."
+  "The Element token: a credential that only reads this instance and subscribes to its events (Authorization: Element <token>). Returned once, by createInstance and rotateInstanceToken; null afterwards."
   token: String
   connector: Connector!
   "Secrets shown as \"********\"."
@@ -1334,6 +1349,20 @@ func (ec *executionContext) field_Mutation_redeliver_args(ctx context.Context, r
 		return nil, err
 	}
 	args["eventId"] = arg0
+	return args, nil
+}
+
+func (ec *executionContext) field_Mutation_rotateInstanceToken_args(ctx context.Context, rawArgs map[string]any) (map[string]any, error) {
+	var err error
+	args := map[string]any{}
+	arg0, err := graphql.ProcessArgField(ctx, rawArgs, "id",
+		func(ctx context.Context, v any) (string, error) {
+			return ec.unmarshalNID2string(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["id"] = arg0
 	return args, nil
 }
 
@@ -2877,6 +2906,50 @@ func (ec *executionContext) fieldContext_Mutation_rotateWebhookSecret(ctx contex
 	}()
 	ctx = graphql.WithFieldContext(ctx, fc)
 	if fc.Args, err = ec.field_Mutation_rotateWebhookSecret_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
+		ec.Error(ctx, err)
+		return fc, err
+	}
+	return fc, nil
+}
+
+func (ec *executionContext) _Mutation_rotateInstanceToken(ctx context.Context, field graphql.CollectedField) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Mutation_rotateInstanceToken(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			fc := graphql.GetFieldContext(ctx)
+			return ec.Resolvers.Mutation().RotateInstanceToken(ctx, fc.Args["id"].(string))
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *model.Instance) graphql.Marshaler {
+			return ec.marshalNInstance2ᚖgithubᚗcomᚋleadstreamᚋleadstreamᚋgraphᚋmodelᚐInstance(ctx, selections, v)
+		},
+		true,
+		true,
+	)
+}
+func (ec *executionContext) fieldContext_Mutation_rotateInstanceToken(ctx context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	fc = &graphql.FieldContext{
+		Object:     "Mutation",
+		Field:      field,
+		IsMethod:   true,
+		IsResolver: true,
+		Child: func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.childFields_Instance(ctx, field)
+		},
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = ec.Recover(ctx, r)
+			ec.Error(ctx, err)
+		}
+	}()
+	ctx = graphql.WithFieldContext(ctx, fc)
+	if fc.Args, err = ec.field_Mutation_rotateInstanceToken_args(ctx, field.ArgumentMap(ec.Variables)); err != nil {
 		ec.Error(ctx, err)
 		return fc, err
 	}
@@ -5368,6 +5441,13 @@ func (ec *executionContext) _Mutation(ctx context.Context, sel ast.SelectionSet)
 		case "rotateWebhookSecret":
 			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
 				return ec._Mutation_rotateWebhookSecret(ctx, field)
+			})
+			if out.Values[i] == graphql.Null {
+				out.Invalids++
+			}
+		case "rotateInstanceToken":
+			out.Values[i] = ec.OperationContext.RootResolverMiddleware(innerCtx, func(ctx context.Context) (res graphql.Marshaler) {
+				return ec._Mutation_rotateInstanceToken(ctx, field)
 			})
 			if out.Values[i] == graphql.Null {
 				out.Invalids++

@@ -7,6 +7,7 @@ import (
 	"github.com/leadstream/leadstream/graph/model"
 	"github.com/leadstream/leadstream/internal/connector"
 	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/instance"
 	"github.com/leadstream/leadstream/internal/store"
 )
 
@@ -22,9 +23,7 @@ func (r *Resolver) instanceModel(in store.Instance, webhookSecret string) *model
 	if m.Tags == nil {
 		m.Tags = []string{}
 	}
-	if e, ok := in.Get("event.notification.enabled"); ok && e.Value == "true" {
-		m.EventsEnabled = true
-	}
+	m.EventsEnabled = instance.EventsEnabled(in)
 	if in.InvalidReason != "" {
 		m.InvalidReason = &in.InvalidReason
 	}

@@ -45,7 +45,7 @@ type EventEdge struct {
 type Instance struct {
 	ID   string `json:"id"`
 	Name string `json:"name"`
-	// Returned once, by createInstance; null afterwards.
+	// The Element token: a credential that only reads this instance and subscribes to its events (Authorization: Element <token>). Returned once, by createInstance and rotateInstanceToken; null afterwards.
 	Token     *string    `json:"token,omitempty"`
 	Connector *Connector `json:"connector"`
 	// Secrets shown as "********".

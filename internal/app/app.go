@@ -130,13 +130,18 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	return a, nil
 }
 
-// instanceChanged makes every change take effect without a restart.
+// instanceChanged makes every change take effect without a restart: it is
+// the one place a change (created, updated, disabled, deleted, webhook
+// secret or Element token rotated) reaches the caches and subscriptions.
 func (a *App) instanceChanged(id string, in *store.Instance) {
+	a.auth.ForgetInstance(id)
 	switch {
 	case in == nil:
 		a.broker.EndInstance(id, errInstanceDeleted)
 	case in.Disabled:
 		a.broker.EndInstance(id, errInstanceDisabled)
+	default:
+		a.broker.EndRevoked(id, in.TokenHash, errTokenRevoked)
 	}
 	a.poller.Refresh()
 }

@@ -32,6 +32,7 @@ import (
 var (
 	errInstanceDeleted  = apperr.New(apperr.Ended, "the instance was deleted")
 	errInstanceDisabled = apperr.New(apperr.Ended, "the instance was disabled")
+	errTokenRevoked     = apperr.New(apperr.Ended, "the Element token this subscription was opened with was replaced by a new one")
 )
 
 // Handler lists every route of the gateway.
@@ -195,7 +196,7 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 				a.log.Error("graphql auth", "err", err)
 				code, status, msg = apperr.Internal, http.StatusInternalServerError, "internal error"
 			}
-			w.Header().Set("WWW-Authenticate", `User realm="leadstream", Organization`)
+			w.Header().Set("WWW-Authenticate", `User realm="leadstream", Organization, Element`)
 			writeJSON(w, status, graphql.Response{Errors: []*gqlerror.Error{{Message: msg, Extensions: map[string]any{"code": code}}}})
 			return
 		}

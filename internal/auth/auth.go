@@ -1,5 +1,8 @@
-// Package auth checks the "User …, Organization …" credentials every GraphQL
-// call carries and keeps the caller's identity in the request context.
+// Package auth checks the credentials every GraphQL and REST call carries
+// ("User …, Organization …", or an instance's "Element …" token) and keeps
+// the caller's identity in the request context. The scope of an Element
+// token is enforced here too: Identity.RequireFull and Identity.MayRead are
+// the one rule both transports apply.
 package auth
 
 import (
@@ -13,17 +16,61 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/leadstream/leadstream/internal/apperr"
 	"github.com/leadstream/leadstream/internal/secrets"
 	"github.com/leadstream/leadstream/internal/store"
 )
 
 // ErrUnauthenticated means the credentials are missing, malformed or wrong.
-var ErrUnauthenticated = errors.New("auth: missing or wrong credentials: send Authorization: User <userSecret>, Organization <orgSecret>")
+var ErrUnauthenticated = errors.New("auth: missing or wrong credentials: send Authorization: User <userSecret>, Organization <orgSecret> (or Element <instance token>)")
 
 // Identity is the authenticated caller.
 type Identity struct {
 	OrgID  string
-	UserID string
+	UserID string // "" for an Element token alone
+	// InstanceID is set when the caller presented an Element token: it may
+	// then only read that instance and subscribe to its events.
+	InstanceID string
+	// TokenHash is the hash of that Element token; readers compare it with
+	// the instance's current one, so a rotated token stops at once even on
+	// a connection authenticated before the rotation.
+	TokenHash string
+}
+
+// Scoped reports whether the identity is an Element token's.
+func (id Identity) Scoped() bool { return id.InstanceID != "" }
+
+// ErrForbidden answers what an Element token does not allow.
+var ErrForbidden = apperr.New(apperr.Forbidden, "an Element token only allows reading its own instance (instance, events, deliveries) and subscribing to its events; use User and Organization credentials for anything else")
+
+// RequireFull refuses an Element token: everything but reading its own
+// instance needs the organization's credentials.
+func (id Identity) RequireFull() error {
+	if id.Scoped() {
+		return ErrForbidden
+	}
+	return nil
+}
+
+// MayRead allows reading instanceID: any instance of the organization with
+// full credentials (tenancy is the store's), only its own with an Element token.
+func (id Identity) MayRead(instanceID string) error {
+	if id.Scoped() && instanceID != id.InstanceID {
+		return ErrForbidden
+	}
+	return nil
+}
+
+// ErrTokenRevoked answers an Element token whose instance has a new one.
+var ErrTokenRevoked = apperr.Wrap(apperr.Unauthenticated, ErrUnauthenticated, "the Element token was replaced by a new one")
+
+// Current checks that a scoped identity's token is still the instance's
+// (tokenHash is the instance's stored one): rotation revokes at once.
+func (id Identity) Current(tokenHash string) error {
+	if id.Scoped() && !secrets.Equal(id.TokenHash, tokenHash) {
+		return ErrTokenRevoked
+	}
+	return nil
 }
 
 type ctxKey struct{}
@@ -39,28 +86,43 @@ func FromContext(ctx context.Context) (Identity, bool) {
 	return id, ok
 }
 
-// Parse splits an Authorization value into its user and organization
-// secrets; the two parts come in either order, the scheme words in any case.
-func Parse(header string) (user, org string, err error) {
+// Credentials are the parts of an Authorization value.
+type Credentials struct {
+	User, Org string
+	Element   string // an instance token
+}
+
+// Parse splits an Authorization value into its parts: User and
+// Organization together, an Element token alone, or all three; in any
+// order, the scheme words in any case.
+func Parse(header string) (Credentials, error) {
+	var c Credentials
 	for _, part := range strings.Split(header, ",") {
 		scheme, value, ok := strings.Cut(strings.TrimSpace(part), " ")
 		value = strings.TrimSpace(value)
 		if !ok || value == "" {
-			return "", "", ErrUnauthenticated
+			return Credentials{}, ErrUnauthenticated
 		}
+		var dst *string
 		switch strings.ToLower(scheme) {
 		case "user":
-			user = value
+			dst = &c.User
 		case "organization":
-			org = value
+			dst = &c.Org
+		case "element":
+			dst = &c.Element
 		default:
-			return "", "", ErrUnauthenticated
+			return Credentials{}, ErrUnauthenticated
 		}
+		if *dst != "" {
+			return Credentials{}, ErrUnauthenticated
+		}
+		*dst = value
 	}
-	if user == "" || org == "" {
-		return "", "", ErrUnauthenticated
+	if (c.User == "") != (c.Org == "") || (c.User == "" && c.Element == "") {
+		return Credentials{}, ErrUnauthenticated
 	}
-	return user, org, nil
+	return c, nil
 }
 
 // Store is what the authenticator needs from the database.
@@ -70,16 +132,20 @@ type Store interface {
 	InsertOrganization(ctx context.Context, o store.Organization) error
 	InsertUser(ctx context.Context, u store.User) error
 	HasOrganization(ctx context.Context) (bool, error)
+	InstanceByTokenHash(ctx context.Context, hash string) (store.Instance, error)
 }
 
 // Authenticator checks credentials against the store. Successful checks
 // are remembered for a minute, so a busy client costs no database reads;
 // organizations and users are never deleted through the API, so a cached
-// success cannot outlive its subject.
+// success cannot outlive its subject. Element tokens are remembered for a
+// minute too, or until their instance changes (ForgetInstance); readers also
+// compare the token with the instance's current one (Identity.Current).
 type Authenticator struct {
-	store Store
-	mu    sync.Mutex
-	cache map[[2]string]cached
+	store  Store
+	mu     sync.Mutex
+	cache  map[[2]string]cached
+	tokens map[string]cached // by token hash
 }
 
 type cached struct {
@@ -92,15 +158,79 @@ const cacheMax = 10000
 
 // New returns an Authenticator over s.
 func New(s Store) *Authenticator {
-	return &Authenticator{store: s, cache: map[[2]string]cached{}}
+	return &Authenticator{store: s, cache: map[[2]string]cached{}, tokens: map[string]cached{}}
 }
 
-// Authenticate checks an Authorization value and returns the caller.
+// Authenticate checks an Authorization value and returns the caller. With
+// an Element token (alone or beside User and Organization, which must then
+// be right and of the instance's organization) the identity is scoped to
+// that instance.
 func (a *Authenticator) Authenticate(ctx context.Context, header string) (Identity, error) {
-	user, org, err := Parse(header)
+	c, err := Parse(header)
 	if err != nil {
 		return Identity{}, err
 	}
+	var full Identity
+	if c.User != "" {
+		if full, err = a.authenticateUser(ctx, c.User, c.Org); err != nil {
+			return Identity{}, err
+		}
+	}
+	if c.Element == "" {
+		return full, nil
+	}
+	el, err := a.authenticateElement(ctx, c.Element)
+	if err != nil {
+		return Identity{}, err
+	}
+	if c.User != "" {
+		if full.OrgID != el.OrgID {
+			return Identity{}, ErrUnauthenticated
+		}
+		el.UserID = full.UserID
+	}
+	return el, nil
+}
+
+func (a *Authenticator) authenticateElement(ctx context.Context, token string) (Identity, error) {
+	hash := secrets.Hash(token)
+	now := time.Now()
+	a.mu.Lock()
+	c, ok := a.tokens[hash]
+	a.mu.Unlock()
+	if ok && now.Before(c.exp) {
+		return c.id, nil
+	}
+	in, err := a.store.InstanceByTokenHash(ctx, hash)
+	if errors.Is(err, store.ErrNotFound) {
+		return Identity{}, ErrUnauthenticated
+	} else if err != nil {
+		return Identity{}, fmt.Errorf("auth: %w", err)
+	}
+	id := Identity{OrgID: in.OrgID, InstanceID: in.ID, TokenHash: hash}
+	a.mu.Lock()
+	if len(a.tokens) >= cacheMax {
+		clear(a.tokens)
+	}
+	a.tokens[hash] = cached{id: id, exp: now.Add(cacheTTL)}
+	a.mu.Unlock()
+	return id, nil
+}
+
+// ForgetInstance drops what is remembered of an instance's Element token.
+// Call it whenever the instance changes (token rotated, deleted), on every
+// replica.
+func (a *Authenticator) ForgetInstance(instanceID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for h, c := range a.tokens {
+		if c.id.InstanceID == instanceID {
+			delete(a.tokens, h)
+		}
+	}
+}
+
+func (a *Authenticator) authenticateUser(ctx context.Context, user, org string) (Identity, error) {
 	key := [2]string{secrets.Hash(user), secrets.Hash(org)}
 	now := time.Now()
 	a.mu.Lock()

@@ -55,6 +55,9 @@ func NewBroker(bufSize int) *Broker {
 type Filter struct {
 	OrgID      string
 	InstanceID string
+	// TokenHash is set when the subscriber authenticated with the
+	// instance's Element token; EndRevoked ends it once that token is replaced.
+	TokenHash string
 }
 
 // Subscription is one live consumer. C yields events; a nil value means the
@@ -169,6 +172,18 @@ func (b *Broker) EndInstance(instanceID string, err error) {
 	defer b.mu.Unlock()
 	for s := range b.byInstance[instanceID] {
 		s.endLocked(err)
+	}
+}
+
+// EndRevoked ends the subscriptions of an instance that were opened with an
+// Element token other than its current one (tokenHash), with err.
+func (b *Broker) EndRevoked(instanceID, tokenHash string, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.byInstance[instanceID] {
+		if s.filter.TokenHash != "" && s.filter.TokenHash != tokenHash {
+			s.endLocked(err)
+		}
 	}
 }
 

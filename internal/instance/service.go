@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/leadstream/leadstream/internal/apperr"
+	"github.com/leadstream/leadstream/internal/auth"
 	"github.com/leadstream/leadstream/internal/connector"
 	"github.com/leadstream/leadstream/internal/marketo"
 	"github.com/leadstream/leadstream/internal/secrets"
@@ -240,6 +241,20 @@ func (s *Service) RotateWebhookSecret(ctx context.Context, orgID, id string) (st
 	return out, secret, nil
 }
 
+// RotateToken issues a new Element token; the old one stops working at once.
+func (s *Service) RotateToken(ctx context.Context, orgID, id string) (store.Instance, string, error) {
+	token := secrets.Token("ist_", 24)
+	out, err := s.store.UpdateInstance(ctx, orgID, id, func(st *store.Instance) error {
+		st.TokenHash = secrets.Hash(token)
+		return nil
+	})
+	if err != nil {
+		return out, "", s.notFound(err)
+	}
+	s.changed(id, &out)
+	return out, token, nil
+}
+
 // Delete removes an instance and its events.
 func (s *Service) Delete(ctx context.Context, orgID, id string) error {
 	if err := s.store.DeleteInstance(ctx, orgID, id); err != nil {
@@ -256,6 +271,24 @@ func (s *Service) Delete(ctx context.Context, orgID, id string) error {
 func (s *Service) Get(ctx context.Context, orgID, id string) (store.Instance, error) {
 	in, err := s.store.Instance(ctx, orgID, id)
 	return in, s.notFound(err)
+}
+
+// Read returns an instance the caller may read: any of its organization's
+// with full credentials (another organization's is NOT_FOUND), only its own
+// with an Element token (FORBIDDEN otherwise, UNAUTHENTICATED once that
+// token was replaced). Every read on behalf of a caller goes through here.
+func (s *Service) Read(ctx context.Context, who auth.Identity, id string) (store.Instance, error) {
+	if err := who.MayRead(id); err != nil {
+		return store.Instance{}, err
+	}
+	in, err := s.Get(ctx, who.OrgID, id)
+	if err != nil {
+		return in, err
+	}
+	if err := who.Current(in.TokenHash); err != nil {
+		return store.Instance{}, err
+	}
+	return in, nil
 }
 
 // List returns an organization's instances, newest first.
@@ -408,36 +441,6 @@ func (s *Service) seal(cfg map[string]*string) []store.ConfigEntry {
 		out = append(out, e)
 	}
 	return out
-}
-
-// parseConfig reads a configuration object of string values; with
-// allowNull, null values mean "remove this key".
-func parseConfig(raw json.RawMessage, allowNull bool) (map[string]*string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return map[string]*string{}, nil
-	}
-	var obj map[string]any
-	if err := json.Unmarshal(raw, &obj); err != nil {
-		return nil, &apperr.Error{Code: apperr.BadUserInput, Message: "configuration must be an object of string values", Invalid: map[string]string{"configuration": "must be an object"}}
-	}
-	out := map[string]*string{}
-	invalid := map[string]string{}
-	for k, v := range obj {
-		switch v := v.(type) {
-		case string:
-			out[k] = &v
-		case nil:
-			if allowNull {
-				out[k] = nil
-			}
-		default:
-			invalid[k] = "must be a string"
-		}
-	}
-	if len(invalid) > 0 {
-		return nil, &apperr.Error{Code: apperr.BadUserInput, Message: "configuration values must be strings", Invalid: invalid}
-	}
-	return out, nil
 }
 
 // validate reports every missing and every malformed key at once.

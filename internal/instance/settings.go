@@ -4,12 +4,15 @@
 package instance
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/leadstream/leadstream/internal/apperr"
 	"github.com/leadstream/leadstream/internal/secrets"
 	"github.com/leadstream/leadstream/internal/store"
 )
@@ -53,6 +56,92 @@ var DefaultActivityTypes = []int{12, 13, 37}
 // DefaultRefreshInterval applies when the configuration names none.
 const DefaultRefreshInterval = 5 * time.Minute
 
+// kinds says which keys mean a boolean or a number, so a client may send
+// them as JSON booleans and numbers (as the seed's instance JSON does);
+// they are stored and shown as strings.
+var kinds = map[string]string{
+	KeyEventsEnabled:   "boolean",
+	KeyRefreshInterval: "number",
+	KeyActivityTypes:   "numbers",
+}
+
+// parseConfig reads a configuration object. Values are strings, or for
+// the keys in kinds JSON booleans, numbers (and for activity types a list
+// of numbers), normalized to the string form. With allowNull, null values
+// mean "remove this key".
+func parseConfig(raw json.RawMessage, allowNull bool) (map[string]*string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return map[string]*string{}, nil
+	}
+	var obj map[string]any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // "5" stays "5", not "5e+00"
+	if err := dec.Decode(&obj); err != nil || obj == nil {
+		return nil, &apperr.Error{Code: apperr.BadUserInput, Message: "configuration must be an object of string values", Invalid: map[string]string{"configuration": "must be an object"}}
+	}
+	out := map[string]*string{}
+	invalid := map[string]string{}
+	for k, v := range obj {
+		if v == nil {
+			if allowNull {
+				out[k] = nil
+			}
+			continue
+		}
+		if s, ok := normalize(kinds[k], v); ok {
+			out[k] = &s
+			continue
+		}
+		switch kinds[k] {
+		case "boolean":
+			invalid[k] = k + " must be true or false"
+		case "number":
+			invalid[k] = k + " must be a number of minutes or a duration string"
+		case "numbers":
+			invalid[k] = k + " must be comma-separated activity type ids or a list of numbers"
+		default:
+			invalid[k] = k + " must be a string"
+		}
+	}
+	if len(invalid) > 0 {
+		return nil, &apperr.Error{Code: apperr.BadUserInput, Message: "configuration values must be strings, or booleans and numbers where a key means one", Invalid: invalid}
+	}
+	return out, nil
+}
+
+// normalize turns a decoded JSON value of a key of the given kind into its
+// stored string form.
+func normalize(kind string, v any) (string, bool) {
+	switch v := v.(type) {
+	case string:
+		return v, true
+	case bool:
+		return strconv.FormatBool(v), kind == "boolean"
+	case json.Number:
+		return v.String(), kind == "number" || kind == "numbers"
+	case []any:
+		if kind != "numbers" || len(v) == 0 {
+			return "", false
+		}
+		parts := make([]string, len(v))
+		for i, e := range v {
+			n, ok := e.(json.Number)
+			if !ok {
+				return "", false
+			}
+			parts[i] = n.String()
+		}
+		return strings.Join(parts, ","), true
+	}
+	return "", false
+}
+
+// EventsEnabled reports whether an instance's events are polled.
+func EventsEnabled(in store.Instance) bool {
+	e, ok := in.Get(KeyEventsEnabled)
+	return ok && e.Value == "true"
+}
+
 // Settings is an instance's configuration, decrypted and parsed.
 type Settings struct {
 	ClientID, ClientSecret string
@@ -80,7 +169,7 @@ func SettingsOf(in store.Instance, box *secrets.Box) (Settings, error) {
 	s := Settings{
 		ClientID: m[KeyAPIKey], ClientSecret: m[KeyAPISecret],
 		IdentityURL: m[KeyIdentityURL], RESTURL: m[KeyRESTURL],
-		EventsEnabled: m[KeyEventsEnabled] == "true",
+		EventsEnabled: EventsEnabled(in),
 		CallbackURL:   m[KeyCallbackURL], SignatureKey: m[KeySignatureKey],
 		RefreshInterval: DefaultRefreshInterval, ActivityTypeIDs: DefaultActivityTypes,
 	}

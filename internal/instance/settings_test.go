@@ -93,3 +93,55 @@ func TestValidateReportsEverything(t *testing.T) {
 		}
 	}
 }
+
+func TestParseConfigNormalizes(t *testing.T) {
+	tests := []struct {
+		name    string
+		raw     string
+		want    map[string]string
+		invalid []string
+	}{
+		{"strings as they are", `{"event.notification.enabled":"true","event.poller.refresh_interval":"30s"}`,
+			map[string]string{KeyEventsEnabled: "true", KeyRefreshInterval: "30s"}, nil},
+		{"booleans and numbers where a key means one",
+			`{"event.notification.enabled":true,"event.poller.refresh_interval":5,"event.poller.activityTypeIds":[12,13,37]}`,
+			map[string]string{KeyEventsEnabled: "true", KeyRefreshInterval: "5", KeyActivityTypes: "12,13,37"}, nil},
+		{"false and one id", `{"event.notification.enabled":false,"event.poller.activityTypeIds":12}`,
+			map[string]string{KeyEventsEnabled: "false", KeyActivityTypes: "12"}, nil},
+		{"a boolean or number where a key means none",
+			`{"oauth.api.key":true,"marketo.rest.url":5,"event.notification.enabled":1,"event.poller.refresh_interval":true,"event.poller.activityTypeIds":["12"]}`,
+			nil, []string{KeyActivityTypes, KeyEventsEnabled, KeyRefreshInterval, KeyRESTURL, KeyAPIKey}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseConfig([]byte(tt.raw), false)
+			if tt.invalid != nil {
+				e, ok := apperr.As(err)
+				if !ok || e.Code != apperr.BadUserInput {
+					t.Fatalf("err = %v", err)
+				}
+				var keys []string
+				for k := range e.Invalid {
+					keys = append(keys, k)
+				}
+				slices.Sort(keys)
+				want := slices.Sorted(slices.Values(tt.invalid))
+				if !slices.Equal(keys, want) {
+					t.Fatalf("invalid = %v, want %v", keys, want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d keys, want %d", len(got), len(tt.want))
+			}
+			for k, v := range tt.want {
+				if got[k] == nil || *got[k] != v {
+					t.Errorf("%s = %v, want %q", k, got[k], v)
+				}
+			}
+		})
+	}
+}

@@ -151,3 +151,10 @@ func (s *Store) InstanceIDs(ctx context.Context, orgID string) ([]string, error)
 	}
 	return ids, nil
 }
+
+// InstanceByTokenHash returns the instance whose Element token has this hash.
+func (s *Store) InstanceByTokenHash(ctx context.Context, hash string) (Instance, error) {
+	var in Instance
+	err := s.db.Collection(colInstances).FindOne(ctx, bson.D{{Key: "tokenHash", Value: hash}}).Decode(&in)
+	return in, wrap("find instance by token", err)
+}

@@ -187,7 +187,7 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 	idx := map[string][]mongo.IndexModel{
 		colOrganizations: {{Keys: bson.D{{Key: "secretHash", Value: 1}}, Options: unique}},
 		colUsers:         {{Keys: bson.D{{Key: "secretHash", Value: 1}}, Options: unique}},
-		colInstances:     {{Keys: bson.D{{Key: "orgId", Value: 1}, {Key: "createdAt", Value: -1}}}},
+		colInstances:     {{Keys: bson.D{{Key: "orgId", Value: 1}, {Key: "createdAt", Value: -1}}}, {Keys: bson.D{{Key: "tokenHash", Value: 1}}}},
 		colOAuthCodes:    {{Keys: bson.D{{Key: "expiresAt", Value: 1}}}},
 		colOAuthRequests: {{Keys: bson.D{{Key: "expiresAt", Value: 1}}}},
 		colEvents: {
