@@ -340,3 +340,43 @@ func assertNoSecrets(t *testing.T, g *apptest.Gateway, secrets []string, answers
 		}
 	}
 }
+
+// Keys that mean a boolean or a number take JSON ones; they are stored and
+// shown as strings.
+func TestConfigurationBooleansAndNumbers(t *testing.T) {
+	fm := fakeMarketo(t)
+	g := apptest.Start(t, "", nil)
+	cfg := fullConfig(fm)
+	cfg["event.notification.enabled"] = true
+	cfg["event.poller.refresh_interval"] = 5
+	var out struct {
+		CreateInstance struct {
+			ID            string
+			EventsEnabled bool
+			Configuration map[string]string
+		}
+	}
+	g.MustDo(t, apptest.AuthA, createMut, map[string]any{"in": map[string]any{
+		"connector": map[string]any{"key": "marketo"}, "name": "typed", "configuration": cfg}}, &out)
+	c := out.CreateInstance
+	if !c.EventsEnabled || c.Configuration["event.notification.enabled"] != "true" || c.Configuration["event.poller.refresh_interval"] != "5" {
+		t.Fatalf("created %+v", c)
+	}
+	var upd struct {
+		UpdateInstance struct {
+			EventsEnabled bool
+			Configuration map[string]string
+		}
+	}
+	g.MustDo(t, apptest.AuthA, `mutation($id: ID!, $c: JSON) { updateInstance(id: $id, input: {configuration: $c}) { eventsEnabled configuration } }`,
+		map[string]any{"id": c.ID, "c": map[string]any{"event.notification.enabled": false, "event.poller.activityTypeIds": []int{12, 13}}}, &upd)
+	if upd.UpdateInstance.EventsEnabled || upd.UpdateInstance.Configuration["event.notification.enabled"] != "false" ||
+		upd.UpdateInstance.Configuration["event.poller.activityTypeIds"] != "12,13" {
+		t.Fatalf("updated %+v", upd.UpdateInstance)
+	}
+	r := g.Do(t, apptest.AuthA, `mutation($id: ID!, $c: JSON) { updateInstance(id: $id, input: {configuration: $c}) { id } }`,
+		map[string]any{"id": c.ID, "c": map[string]any{"event.notification.enabled": 1, "oauth.api.key": true}})
+	if r.Code() != "BAD_USER_INPUT" || !strings.Contains(string(r.Raw), "oauth.api.key") || !strings.Contains(string(r.Raw), "event.notification.enabled") {
+		t.Fatalf("a number for a boolean: %s", r.Raw)
+	}
+}
