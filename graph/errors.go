@@ -53,7 +53,10 @@ func ErrorPresenter(log *slog.Logger) graphql.ErrorPresenterFunc {
 // classify maps an error to its code, its client-safe message and extensions.
 func classify(err error) (code, msg string, ext map[string]any) {
 	var slow *events.SlowError
+	var expired *events.CursorExpiredError
 	switch {
+	case errors.As(err, &expired):
+		return apperr.CursorExpired, expired.Error(), map[string]any{"oldestCursor": expired.Oldest}
 	case errors.As(err, &slow):
 		ext = map[string]any{}
 		if slow.LastCursor != "" {

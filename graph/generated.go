@@ -141,13 +141,13 @@ type ComplexityRoot struct {
 	Query struct {
 		Connectors func(childComplexity int) int
 		Deliveries func(childComplexity int, instanceID string, first *int) int
-		Events     func(childComplexity int, instanceID string, after *string, first *int) int
+		Events     func(childComplexity int, instanceID string, after *string, first *int, eventTypes []string, objectTypes []string, sources []events.Source) int
 		Instance   func(childComplexity int, id string) int
 		Instances  func(childComplexity int) int
 	}
 
 	Subscription struct {
-		MarketoEvents func(childComplexity int, instanceID *string, after *string) int
+		MarketoEvents func(childComplexity int, instanceID *string, after *string, eventTypes []string, objectTypes []string, sources []events.Source) int
 	}
 }
 
@@ -175,11 +175,11 @@ type QueryResolver interface {
 	Connectors(ctx context.Context) ([]*model.Connector, error)
 	Instances(ctx context.Context) ([]*model.Instance, error)
 	Instance(ctx context.Context, id string) (*model.Instance, error)
-	Events(ctx context.Context, instanceID string, after *string, first *int) (*model.EventConnection, error)
+	Events(ctx context.Context, instanceID string, after *string, first *int, eventTypes []string, objectTypes []string, sources []events.Source) (*model.EventConnection, error)
 	Deliveries(ctx context.Context, instanceID string, first *int) ([]*events.Attempt, error)
 }
 type SubscriptionResolver interface {
-	MarketoEvents(ctx context.Context, instanceID *string, after *string) (<-chan *events.Event, error)
+	MarketoEvents(ctx context.Context, instanceID *string, after *string, eventTypes []string, objectTypes []string, sources []events.Source) (<-chan *events.Event, error)
 }
 
 // endregion ************************** generated!.gotpl **************************
@@ -662,7 +662,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Query.Events(childComplexity, args["instanceId"].(string), args["after"].(*string), args["first"].(*int)), true
+		return e.ComplexityRoot.Query.Events(childComplexity, args["instanceId"].(string), args["after"].(*string), args["first"].(*int), args["eventTypes"].([]string), args["objectTypes"].([]string), args["sources"].([]events.Source)), true
 	case "Query.instance":
 		if e.ComplexityRoot.Query.Instance == nil {
 			break
@@ -691,7 +691,7 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 			return 0, false
 		}
 
-		return e.ComplexityRoot.Subscription.MarketoEvents(childComplexity, args["instanceId"].(*string), args["after"].(*string)), true
+		return e.ComplexityRoot.Subscription.MarketoEvents(childComplexity, args["instanceId"].(*string), args["after"].(*string), args["eventTypes"].([]string), args["objectTypes"].([]string), args["sources"].([]events.Source)), true
 
 	}
 	return 0, false
@@ -812,8 +812,8 @@ type Query {
   instances: [Instance!]!
   "One instance of the caller's organization, or null."
   instance(id: ID!): Instance
-  "Stored events of one instance, oldest first, after a cursor."
-  events(instanceId: ID!, after: String, first: Int = 50): EventConnection!
+  "Logged events of one instance, oldest first, after a cursor. Filters (each optional, OR within a list, AND across lists) keep only matching events."
+  events(instanceId: ID!, after: String, first: Int = 50, eventTypes: [String!], objectTypes: [String!], sources: [EventSource!]): EventConnection!
   "Callback delivery attempts of one instance, newest first."
   deliveries(instanceId: ID!, first: Int = 50): [DeliveryAttempt!]!
 }
@@ -838,8 +838,8 @@ type Mutation {
 }
 
 type Subscription {
-  "Live events of one instance, or of every instance of the caller's organization when instanceId is omitted. With ` + "`" + `after` + "`" + `, stored events after that cursor are replayed first, then live ones follow with no gap and no duplicate."
-  marketoEvents(instanceId: ID, after: String): MarketoEvent!
+  "Live events of one instance, or of every instance of the caller's organization when instanceId is omitted. With ` + "`" + `after` + "`" + `, stored events after that cursor are replayed first, then live ones follow with no gap and no duplicate. Filters (each optional, OR within a list, AND across lists) apply to replay and live alike."
+  marketoEvents(instanceId: ID, after: String, eventTypes: [String!], objectTypes: [String!], sources: [EventSource!]): MarketoEvent!
 }
 
 input OAuthUrlInput {
@@ -929,7 +929,7 @@ enum EventSource {
 
 type MarketoEvent {
   id: ID!
-  "Opaque; ordered within an instance."
+  "Opaque; ordered within an instance and across an organization."
   cursor: String!
   instanceId: ID!
   source: EventSource!
@@ -1465,6 +1465,30 @@ func (ec *executionContext) field_Query_events_args(ctx context.Context, rawArgs
 		return nil, err
 	}
 	args["first"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "eventTypes",
+		func(ctx context.Context, v any) ([]string, error) {
+			return ec.unmarshalOString2ᚕstringᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["eventTypes"] = arg3
+	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "objectTypes",
+		func(ctx context.Context, v any) ([]string, error) {
+			return ec.unmarshalOString2ᚕstringᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["objectTypes"] = arg4
+	arg5, err := graphql.ProcessArgField(ctx, rawArgs, "sources",
+		func(ctx context.Context, v any) ([]events.Source, error) {
+			return ec.unmarshalOEventSource2ᚕgithubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐSourceᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["sources"] = arg5
 	return args, nil
 }
 
@@ -1501,6 +1525,30 @@ func (ec *executionContext) field_Subscription_marketoEvents_args(ctx context.Co
 		return nil, err
 	}
 	args["after"] = arg1
+	arg2, err := graphql.ProcessArgField(ctx, rawArgs, "eventTypes",
+		func(ctx context.Context, v any) ([]string, error) {
+			return ec.unmarshalOString2ᚕstringᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["eventTypes"] = arg2
+	arg3, err := graphql.ProcessArgField(ctx, rawArgs, "objectTypes",
+		func(ctx context.Context, v any) ([]string, error) {
+			return ec.unmarshalOString2ᚕstringᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["objectTypes"] = arg3
+	arg4, err := graphql.ProcessArgField(ctx, rawArgs, "sources",
+		func(ctx context.Context, v any) ([]events.Source, error) {
+			return ec.unmarshalOEventSource2ᚕgithubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐSourceᚄ(ctx, v)
+		})
+	if err != nil {
+		return nil, err
+	}
+	args["sources"] = arg4
 	return args, nil
 }
 
@@ -3390,7 +3438,7 @@ func (ec *executionContext) _Query_events(ctx context.Context, field graphql.Col
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Query().Events(ctx, fc.Args["instanceId"].(string), fc.Args["after"].(*string), fc.Args["first"].(*int))
+			return ec.Resolvers.Query().Events(ctx, fc.Args["instanceId"].(string), fc.Args["after"].(*string), fc.Args["first"].(*int), fc.Args["eventTypes"].([]string), fc.Args["objectTypes"].([]string), fc.Args["sources"].([]events.Source))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *model.EventConnection) graphql.Marshaler {
@@ -3554,7 +3602,7 @@ func (ec *executionContext) _Subscription_marketoEvents(ctx context.Context, fie
 		},
 		func(ctx context.Context) (any, error) {
 			fc := graphql.GetFieldContext(ctx)
-			return ec.Resolvers.Subscription().MarketoEvents(ctx, fc.Args["instanceId"].(*string), fc.Args["after"].(*string))
+			return ec.Resolvers.Subscription().MarketoEvents(ctx, fc.Args["instanceId"].(*string), fc.Args["after"].(*string), fc.Args["eventTypes"].([]string), fc.Args["objectTypes"].([]string), fc.Args["sources"].([]events.Source))
 		},
 		nil,
 		func(ctx context.Context, selections ast.SelectionSet, v *events.Event) graphql.Marshaler {
@@ -6534,6 +6582,42 @@ func (ec *executionContext) marshalODelivery2ᚖgithubᚗcomᚋleadstreamᚋlead
 		return graphql.Null
 	}
 	return ec._Delivery(ctx, sel, v)
+}
+
+func (ec *executionContext) unmarshalOEventSource2ᚕgithubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐSourceᚄ(ctx context.Context, v any) ([]events.Source, error) {
+	if v == nil {
+		return nil, nil
+	}
+	vSlice := graphql.CoerceList(v)
+	var err error
+	res := make([]events.Source, len(vSlice))
+	for i := range vSlice {
+		ctx := graphql.WithPathContext(ctx, graphql.NewPathWithIndex(i))
+		res[i], err = ec.unmarshalNEventSource2githubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐSource(ctx, vSlice[i])
+		if err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+func (ec *executionContext) marshalOEventSource2ᚕgithubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐSourceᚄ(ctx context.Context, sel ast.SelectionSet, v []events.Source) graphql.Marshaler {
+	if v == nil {
+		return graphql.Null
+	}
+	ret := graphql.MarshalSliceConcurrently(ctx, len(v), 0, false, func(ctx context.Context, i int) graphql.Marshaler {
+		fc := graphql.GetFieldContext(ctx)
+		fc.Result = &v[i]
+		return ec.marshalNEventSource2githubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐSource(ctx, sel, v[i])
+	})
+
+	for _, e := range ret {
+		if e == graphql.Null {
+			return graphql.Null
+		}
+	}
+
+	return ret
 }
 
 func (ec *executionContext) unmarshalOID2ᚖstring(ctx context.Context, v any) (*string, error) {

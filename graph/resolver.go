@@ -17,20 +17,19 @@ import (
 
 //go:generate go run github.com/99designs/gqlgen generate
 
-// EventStore is what resolvers read events, deliveries and poll states from.
-type EventStore interface {
-	EventsAfter(ctx context.Context, orgID, instanceID string, after int64, limit int) ([]*events.Event, error)
-	InstanceIDs(ctx context.Context, orgID string) ([]string, error)
-	Attempts(ctx context.Context, instanceID string, limit int) ([]events.Attempt, error)
+// PollStates is where resolvers read the poller's state from.
+type PollStates interface {
 	PollState(ctx context.Context, instanceID string) (store.PollState, error)
-	PendingDelivery(ctx context.Context, eventID string) (events.Delivery, bool, error)
-	Event(ctx context.Context, id string) (*events.Event, error)
-	RequeueDelivery(ctx context.Context, ev *events.Event, now time.Time) error
 }
 
-// Notifier is told when deliveries were queued.
-type Notifier interface {
-	Wake()
+// EventLog is what resolvers read events and deliveries from, and where
+// redeliveries are queued; *eventlog.Log has it.
+type EventLog interface {
+	Read(ctx context.Context, f events.Filter, after int64, limit int) ([]*events.Event, error)
+	Attempts(ctx context.Context, instanceID string, limit int) ([]events.Attempt, error)
+	DeliveryState(ctx context.Context, eventID string) (events.Delivery, bool, error)
+	DeliveredEvent(ctx context.Context, orgID, eventID string) (*events.Event, error)
+	Redeliver(ctx context.Context, ev *events.Event, now time.Time) error
 }
 
 // Poller starts polls on demand.
@@ -43,9 +42,9 @@ type Resolver struct {
 	Connectors *connector.Registry
 	Connect    *connect.Service
 	Instances  *instance.Service
-	Store      EventStore
+	Store      PollStates
+	EventLog   EventLog
 	Broker     *events.Broker
 	Poller     Poller
-	Notifier   Notifier
 	Log        *slog.Logger
 }

@@ -33,12 +33,16 @@ func (r *instanceResolver) Poller(ctx context.Context, obj *model.Instance) (*mo
 
 // Delivery is the resolver for the delivery field.
 func (r *marketoEventResolver) Delivery(ctx context.Context, obj *events.Event) (*events.Delivery, error) {
-	if obj.Delivery == nil || obj.Delivery.State != events.DeliveryPending {
-		return obj.Delivery, nil
+	if !obj.Notify {
+		return nil, nil
 	}
-	d, ok, err := r.Store.PendingDelivery(ctx, obj.ID)
-	if err != nil || !ok {
-		return obj.Delivery, err
+	d, ok, err := r.EventLog.DeliveryState(ctx, obj.ID)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		// No worker has taken it yet.
+		return &events.Delivery{State: events.DeliveryPending}, nil
 	}
 	return &d, nil
 }
@@ -160,9 +164,9 @@ func (r *mutationResolver) Redeliver(ctx context.Context, eventID string) (*even
 	if err != nil {
 		return nil, err
 	}
-	ev, err := r.Store.Event(ctx, eventID)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && ev.OrgID != who.OrgID) {
-		return nil, apperr.New(apperr.NotFound, "event not found")
+	ev, err := r.EventLog.DeliveredEvent(ctx, who.OrgID, eventID)
+	if errors.Is(err, events.ErrNoDelivery) {
+		return nil, apperr.New(apperr.NotFound, "event not found, or it has no delivery to repeat yet")
 	}
 	if err != nil {
 		return nil, err
@@ -172,15 +176,14 @@ func (r *mutationResolver) Redeliver(ctx context.Context, eventID string) (*even
 	} else if !ok {
 		return nil, apperr.New(apperr.BadUserInput, "the instance has no event.notification.callback.url to deliver to")
 	}
-	err = r.Store.RequeueDelivery(ctx, ev, now())
-	if errors.Is(err, store.ErrDuplicate) {
+	err = r.EventLog.Redeliver(ctx, ev, now())
+	if errors.Is(err, events.ErrDeliveryPending) {
 		return nil, apperr.New(apperr.BadUserInput, "the event's delivery is already pending")
 	}
 	if err != nil {
 		return nil, err
 	}
-	r.Notifier.Wake()
-	return r.Store.Event(ctx, ev.ID)
+	return ev, nil
 }
 
 // Connectors is the resolver for the connectors field.
@@ -229,7 +232,7 @@ func (r *queryResolver) Instance(ctx context.Context, id string) (*model.Instanc
 }
 
 // Events is the resolver for the events field.
-func (r *queryResolver) Events(ctx context.Context, instanceID string, after *string, first *int) (*model.EventConnection, error) {
+func (r *queryResolver) Events(ctx context.Context, instanceID string, after *string, first *int, eventTypes []string, objectTypes []string, sources []events.Source) (*model.EventConnection, error) {
 	who, err := reader(ctx)
 	if err != nil {
 		return nil, err
@@ -248,7 +251,8 @@ func (r *queryResolver) Events(ctx context.Context, instanceID string, after *st
 	if n < 0 || n > 500 {
 		return nil, apperr.New(apperr.BadUserInput, "first must be between 0 and 500")
 	}
-	evs, err := r.Store.EventsAfter(ctx, who.OrgID, instanceID, afterSeq, n+1)
+	f := events.Filter{OrgID: who.OrgID, InstanceID: instanceID, EventTypes: eventTypes, ObjectTypes: objectTypes, Sources: sources}
+	evs, err := r.EventLog.Read(ctx, f, afterSeq, n+1)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +287,7 @@ func (r *queryResolver) Deliveries(ctx context.Context, instanceID string, first
 	if n < 0 || n > 500 {
 		return nil, apperr.New(apperr.BadUserInput, "first must be between 0 and 500")
 	}
-	list, err := r.Store.Attempts(ctx, instanceID, n)
+	list, err := r.EventLog.Attempts(ctx, instanceID, n)
 	if err != nil {
 		return nil, err
 	}
@@ -295,12 +299,12 @@ func (r *queryResolver) Deliveries(ctx context.Context, instanceID string, first
 }
 
 // MarketoEvents is the resolver for the marketoEvents field.
-func (r *subscriptionResolver) MarketoEvents(ctx context.Context, instanceID *string, after *string) (<-chan *events.Event, error) {
+func (r *subscriptionResolver) MarketoEvents(ctx context.Context, instanceID *string, after *string, eventTypes []string, objectTypes []string, sources []events.Source) (<-chan *events.Event, error) {
 	who, err := reader(ctx)
 	if err != nil {
 		return nil, err
 	}
-	f := events.Filter{OrgID: who.OrgID, InstanceID: deref(instanceID)}
+	f := events.Filter{OrgID: who.OrgID, InstanceID: deref(instanceID), EventTypes: eventTypes, ObjectTypes: objectTypes, Sources: sources}
 	if who.Scoped() {
 		// An Element token's subscription without an id is its instance's,
 		// and ends when the token is replaced. (A rotation between the read
@@ -322,7 +326,7 @@ func (r *subscriptionResolver) MarketoEvents(ctx context.Context, instanceID *st
 	if _, err := events.ParseCursor(deref(after)); err != nil {
 		return nil, apperr.Wrap(apperr.BadUserInput, err, "after is not a cursor of this API")
 	}
-	st, err := events.Streamer{Broker: r.Broker, History: r.Store}.Open(ctx, f, deref(after))
+	st, err := events.Streamer{Broker: r.Broker, History: r.EventLog}.Open(ctx, f, deref(after))
 	if err != nil {
 		return nil, err
 	}

@@ -1,5 +1,5 @@
-// Package app wires the gateway together: configuration, store, broker,
-// ingester, poller, notifier and the HTTP routes. New builds it, Run serves
+// Package app wires the gateway together: configuration, store, event log,
+// broker, ingester, poller, notifier and the HTTP routes. New builds it, Run serves
 // until ctx ends and then drains, Close releases what New opened.
 package app
 
@@ -18,6 +18,7 @@ import (
 	"github.com/leadstream/leadstream/internal/config"
 	"github.com/leadstream/leadstream/internal/connect"
 	"github.com/leadstream/leadstream/internal/connector"
+	"github.com/leadstream/leadstream/internal/eventlog"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/instance"
 	"github.com/leadstream/leadstream/internal/marketo"
@@ -34,6 +35,7 @@ type App struct {
 	log       *slog.Logger
 	stdout    io.Writer
 	store     *store.Store
+	evlog     *eventlog.Log
 	auth      *auth.Authenticator
 	broker    *events.Broker
 	ingester  *events.Ingester
@@ -92,9 +94,24 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		return nil, fmt.Errorf("app: %w", err)
 	}
 	a.store = st
+	defer func() {
+		if !ok {
+			st.Close(context.Background())
+		}
+	}()
+	a.evlog, err = eventlog.Open(ctx, eventlog.Options{
+		URL: cfg.NATSURL, CredsFile: cfg.NATSCreds, DataDir: cfg.DataDir, MaxAge: cfg.EventsMaxAge, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
+	defer func() {
+		if !ok {
+			a.evlog.Close()
+		}
+	}()
 	a.auth = auth.New(st)
 	if err := a.auth.Bootstrap(ctx, cfg.OrgSecret, cfg.UserSecret, stdout); err != nil {
-		st.Close(context.Background())
 		return nil, fmt.Errorf("app: %w", err)
 	}
 	verify := func(ctx context.Context, c marketo.Credentials) error {
@@ -102,25 +119,20 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	}
 	a.broker = events.NewBroker(cfg.SubscriptionBuffer)
 	a.connect = connect.New(st, box, a.conns, cfg.PublicURL, verify, log)
-	a.instances = instance.NewService(st, box, a.conns, a.connect, verify, cfg.PublicURL, log, a.instanceChanged)
-	a.notifier = notify.New(st, a.instances, notify.Options{
+	a.instances = instance.NewService(instanceStore{st, a.evlog}, box, a.conns, a.connect, verify, cfg.PublicURL, log, a.instanceChanged)
+	a.notifier = notify.New(a.evlog, a.instances, notify.Options{
 		RetryBase: cfg.NotifyRetryBase, HTTPClient: a.httpc, Logger: log, Observe: a.metrics.Delivery,
 	})
-	a.ingester = events.NewIngester(st, a.broker, events.IngesterOptions{
+	a.ingester = events.NewIngester(a.evlog, events.IngesterOptions{
 		Logger: log,
-		Stored: func(evs []*events.Event) {
-			wake := false
-			for _, e := range evs {
-				a.metrics.Ingested(string(e.Source))
-				wake = wake || e.Delivery != nil
-			}
-			if wake {
-				a.notifier.Wake()
+		Appended: func(_ time.Duration, n int, src events.Source) {
+			for range n {
+				a.metrics.Ingested(string(src))
 			}
 		},
 	})
 	limits := marketo.NewLimits(marketo.DefaultMaxCalls, marketo.DefaultWindow, marketo.DefaultMaxConcurrent)
-	a.poller = poller.New(st, a.ingester, box, poller.Options{
+	a.poller = poller.New(st, a.ingester, a.evlog, box, poller.Options{
 		MinInterval: cfg.PollerMinInterval, Limits: limits, Logger: log,
 		ClientOptions: marketo.Options{HTTPClient: a.httpc, Logger: log, Observe: a.metrics.MarketoCall},
 		ObservePoll:   a.metrics.Poll,
@@ -128,6 +140,18 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	a.metrics.Subscriptions(a.broker.Count)
 	ok = true
 	return a, nil
+}
+
+// instanceStore is the store as the instance service sees it: an
+// instance's events live in the log, and go with it.
+type instanceStore struct {
+	*store.Store
+	log *eventlog.Log
+}
+
+// DeleteEventsOf removes a deleted instance's events from the log.
+func (s instanceStore) DeleteEventsOf(ctx context.Context, instanceID string) error {
+	return s.log.PurgeInstance(ctx, instanceID)
 }
 
 // instanceChanged makes every change take effect without a restart: it is
@@ -157,6 +181,13 @@ func (a *App) Run(ctx context.Context, ready func(addr string)) error {
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
+	// The live tail is in place before the first request: whatever is
+	// appended from now on reaches this replica's subscribers.
+	tail, err := a.evlog.StartTail(ctx, func(e *events.Event, _ uint64) { a.broker.Publish(e) })
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
+	defer tail.Stop()
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 	var wg sync.WaitGroup
@@ -237,10 +268,11 @@ func (a *App) CreateOrganization(ctx context.Context, orgSecret, userSecret stri
 	return err
 }
 
-// Close releases the store; call it after Run returned.
+// Close releases the event log and the store; call it after Run returned.
 func (a *App) Close() {
 	_ = a.ln.Close() // in case Run never served it
 	a.ingester.Close()
+	a.evlog.Close()
 	a.store.Close(context.Background())
 }
 

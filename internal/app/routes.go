@@ -56,6 +56,11 @@ func (a *App) Handler() http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "store unreachable"})
 			return
 		}
+		if err := a.evlog.Ping(ctx); err != nil {
+			a.log.Warn("readiness: event log unreachable", "err", err)
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "event log unreachable"})
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
@@ -111,7 +116,7 @@ func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (a *App) graphqlHandler() http.Handler {
 	res := &graph.Resolver{
 		Connectors: a.conns, Connect: a.connect, Instances: a.instances,
-		Store: a.store, Broker: a.broker, Poller: a.poller, Notifier: a.notifier, Log: a.log,
+		Store: a.store, EventLog: a.evlog, Broker: a.broker, Poller: a.poller, Log: a.log,
 	}
 	srv := handler.New(graph.SharedRendering(graph.NewExecutableSchema(graph.Config{Resolvers: res})))
 	present := graph.ErrorPresenter(a.log)

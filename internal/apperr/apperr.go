@@ -20,6 +20,8 @@ const (
 	SlowSubscriber = "SLOW_SUBSCRIBER"
 	// Ended ends a subscription whose instance was deleted or disabled.
 	Ended = "SUBSCRIPTION_ENDED"
+	// CursorExpired refuses an after older than the event log keeps; extensions.oldestCursor says where history starts.
+	CursorExpired = "CURSOR_EXPIRED"
 )
 
 // Error is an error a client may see: its Message is safe to show.

@@ -31,6 +31,12 @@ type Config struct {
 	SubscriptionBuffer int
 	LogLevel           slog.Level
 	LogJSON            bool
+	// NATSURL points the event log at an external JetStream cluster; empty
+	// runs a NATS server inside the process.
+	NATSURL   string
+	NATSCreds string
+	// EventsMaxAge is how long the event log keeps events.
+	EventsMaxAge time.Duration
 }
 
 // Load reads the configuration through getenv. A bad value is reported as an
@@ -43,6 +49,7 @@ func Load(getenv func(string) string) (Config, error) {
 		PollerMinInterval:  30 * time.Second,
 		NotifyRetryBase:    4 * time.Second,
 		SubscriptionBuffer: 256,
+		EventsMaxAge:       720 * time.Hour,
 	}
 	port := "8080"
 	if v := getenv("PORT"); v != "" {
@@ -107,6 +114,20 @@ func Load(getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("config: SUBSCRIPTION_BUFFER=%q is not a number of events (1-1048576)", v)
 		}
 		c.SubscriptionBuffer = n
+	}
+	c.NATSURL, c.NATSCreds = getenv("NATS_URL"), getenv("NATS_CREDS")
+	if c.NATSCreds != "" && c.NATSURL == "" {
+		return c, fmt.Errorf("config: NATS_CREDS is set but NATS_URL is not")
+	}
+	if c.NATSURL != "" {
+		for _, u := range strings.Split(c.NATSURL, ",") {
+			if p, err := url.Parse(strings.TrimSpace(u)); err != nil || p.Host == "" {
+				return c, fmt.Errorf("config: NATS_URL=%q is not a list of nats:// URLs", c.NATSURL)
+			}
+		}
+	}
+	if c.EventsMaxAge, err = duration(getenv, "EVENTS_MAX_AGE", c.EventsMaxAge); err != nil {
+		return c, err
 	}
 	switch v := strings.ToLower(getenv("LOG_LEVEL")); v {
 	case "", "info":

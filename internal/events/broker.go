@@ -28,9 +28,8 @@ func (e *SlowError) Error() string {
 func (e *SlowError) Is(target error) bool { return target == ErrSlowSubscriber }
 
 // Broker fans published events out to live subscriptions. Publishing never
-// blocks: a subscriber whose buffer is full is ended instead. The in-process
-// Broker is the default; a NATS one can take its place behind Publisher and
-// Subscriber when replicas must share live events.
+// blocks: a subscriber whose buffer is full is ended instead. Each replica
+// feeds its Broker from its one live tail of the event log.
 type Broker struct {
 	mu         sync.Mutex
 	byInstance map[string]map[*Subscription]struct{}
@@ -48,16 +47,6 @@ func NewBroker(bufSize int) *Broker {
 		byOrg:      map[string]map[*Subscription]struct{}{},
 		bufSize:    bufSize,
 	}
-}
-
-// Filter chooses the events a subscription gets: one instance of an
-// organization, or every instance of it when InstanceID is empty.
-type Filter struct {
-	OrgID      string
-	InstanceID string
-	// TokenHash is set when the subscriber authenticated with the
-	// instance's Element token; EndRevoked ends it once that token is replaced.
-	TokenHash string
 }
 
 // Subscription is one live consumer. C yields events; a nil value means the
@@ -145,10 +134,14 @@ func (b *Broker) PublishAll(evs []*Event) {
 
 func (b *Broker) publishLocked(e *Event) {
 	for s := range b.byInstance[e.InstanceID] {
-		b.offer(s, e)
+		if s.filter.Match(e) {
+			b.offer(s, e)
+		}
 	}
 	for s := range b.byOrg[e.OrgID] {
-		b.offer(s, e)
+		if s.filter.Match(e) {
+			b.offer(s, e)
+		}
 	}
 }
 

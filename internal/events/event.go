@@ -1,5 +1,6 @@
-// Package events holds the event model, the ingest path (store, then publish)
-// and the in-process broker that fans events out to live subscriptions.
+// Package events holds the event model, the ingest path (append to the
+// log, answer once it is acknowledged), the in-process broker that fans the
+// log's live tail out to subscriptions, and replay then live.
 package events
 
 import (
@@ -90,52 +91,55 @@ func (j JSON) MarshalJSON() ([]byte, error) {
 	return j, nil
 }
 
-// Delivery is the callback delivery state stored with an event; the notifier
-// is its only writer.
+// Delivery is the callback delivery state of an event. Gen counts the
+// redeliveries asked for: a job of an older generation is stale.
 type Delivery struct {
-	State         DeliveryState `bson:"state" json:"state"`
-	Attempts      int           `bson:"attempts" json:"attempts"`
-	NextAttemptAt *time.Time    `bson:"nextAttemptAt,omitempty" json:"nextAttemptAt,omitempty"`
-	LastError     *string       `bson:"lastError,omitempty" json:"lastError,omitempty"`
-	DeliveredAt   *time.Time    `bson:"deliveredAt,omitempty" json:"deliveredAt,omitempty"`
+	State         DeliveryState `json:"state"`
+	Attempts      int           `json:"attempts"`
+	NextAttemptAt *time.Time    `json:"nextAttemptAt,omitempty"`
+	LastError     *string       `json:"lastError,omitempty"`
+	DeliveredAt   *time.Time    `json:"deliveredAt,omitempty"`
+	Gen           int           `json:"gen,omitempty"`
 }
 
 // Attempt records one POST of an event to a callback URL.
 type Attempt struct {
-	ID         string    `bson:"_id" json:"-"`
-	EventID    string    `bson:"eventId" json:"eventId"`
-	InstanceID string    `bson:"instanceId" json:"instanceId"`
-	Attempt    int       `bson:"attempt" json:"attempt"`
-	At         time.Time `bson:"at" json:"at"`
-	StatusCode *int      `bson:"statusCode,omitempty" json:"statusCode,omitempty"`
-	Error      *string   `bson:"error,omitempty" json:"error,omitempty"`
-	DurationMs int       `bson:"durationMs" json:"durationMs"`
+	EventID    string    `json:"eventId"`
+	InstanceID string    `json:"instanceId"`
+	Attempt    int       `json:"attempt"`
+	At         time.Time `json:"at"`
+	StatusCode *int      `json:"statusCode,omitempty"`
+	Error      *string   `json:"error,omitempty"`
+	DurationMs int       `json:"durationMs"`
 }
 
-// Event is one Marketo event of one instance, as stored and as streamed.
+// Event is one Marketo event of one instance, as logged and as streamed.
 type Event struct {
-	ID         string    `bson:"_id"`
-	InstanceID string    `bson:"instanceId"`
-	OrgID      string    `bson:"orgId"`
-	Seq        int64     `bson:"seq"`
-	DedupeKey  string    `bson:"dedupeKey"`
-	Source     Source    `bson:"source"`
-	EventType  string    `bson:"eventType"`
-	ObjectType string    `bson:"objectType"`
-	ObjectID   *string   `bson:"objectId,omitempty"`
-	OccurredAt time.Time `bson:"occurredAt"`
-	ReceivedAt time.Time `bson:"receivedAt"`
-	Payload    JSON      `bson:"payload"`
-	Delivery   *Delivery `bson:"delivery,omitempty"`
+	ID         string
+	InstanceID string
+	OrgID      string
+	Seq        int64 // the log's sequence number: the cursor
+	DedupeKey  string
+	Source     Source
+	EventType  string
+	ObjectType string
+	ObjectID   *string
+	OccurredAt time.Time
+	ReceivedAt time.Time
+	Payload    JSON
+	// Notify: the instance had a callback URL when the event arrived, so
+	// the event is delivered there.
+	Notify bool
 
 	memos sync.Map // key → *memo; renderings shared by subscribers
 }
 
-// Cursor is the event's opaque position within its instance.
+// Cursor is the event's opaque position in the log: ordered within an
+// instance and across an organization.
 func (e *Event) Cursor() string { return FormatCursor(e.Seq) }
 
 // FormatCursor turns a sequence number into a cursor: zero-padded
-// decimal, so cursors of an instance sort the same as strings and as numbers.
+// decimal, so cursors sort the same as strings and as numbers.
 func FormatCursor(seq int64) string { return fmt.Sprintf("%012d", seq) }
 
 // ParseCursor turns a cursor back into a sequence number; "" means the start.

@@ -11,16 +11,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leadstream/leadstream/internal/eventlog"
+	"github.com/leadstream/leadstream/internal/eventlog/eventlogtest"
 	"github.com/leadstream/leadstream/internal/events"
-	"github.com/leadstream/leadstream/internal/store"
-	"github.com/leadstream/leadstream/internal/store/storetest"
 )
 
-func newIngester(t testing.TB, s *store.Store, b *events.Broker) *events.Ingester {
+// pipeline is an ingester on a real embedded log whose live tail feeds b,
+// as in the gateway.
+func pipeline(t testing.TB, b *events.Broker) (*events.Ingester, *eventlog.Log) {
 	t.Helper()
-	in := events.NewIngester(s, b, events.IngesterOptions{})
+	l := eventlogtest.New(t)
+	tail, err := l.StartTail(context.Background(), func(e *events.Event, _ uint64) { b.Publish(e) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tail.Stop)
+	in := events.NewIngester(l, events.IngesterOptions{})
 	t.Cleanup(in.Close)
-	return in
+	return in, l
 }
 
 func draft(inst, key string) events.Draft {
@@ -28,11 +36,10 @@ func draft(inst, key string) events.Draft {
 		EventType: "WEBHOOK", ObjectType: "webhook", Payload: events.JSON(`{"k":"` + key + `"}`)}
 }
 
-// 200 concurrent events of one instance get 200 distinct, gap-free cursors,
-// on the embedded store that loses concurrent counter updates.
-func TestIngestConcurrentCursorsGapFree(t *testing.T) {
-	s := storetest.New(t)
-	in := newIngester(t, s, events.NewBroker(16))
+// 200 concurrent events get 200 distinct cursors, increasing in the order
+// the log stored them, and each is in the log once.
+func TestIngestConcurrent(t *testing.T) {
+	in, l := pipeline(t, events.NewBroker(16))
 	ctx := context.Background()
 	const n = 200
 	seqs := make([]int64, n)
@@ -50,65 +57,49 @@ func TestIngestConcurrentCursorsGapFree(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			if inst == "i1" {
-				seqs[i] = r.Event.Seq
-			}
+			seqs[i] = r.Event.Seq
 		}()
 	}
 	wg.Wait()
-	var got []int64
-	for _, s := range seqs {
-		if s != 0 {
-			got = append(got, s)
-		}
-	}
+	got := append([]int64(nil), seqs...)
 	sort.Slice(got, func(a, b int) bool { return got[a] < got[b] })
 	for i, s := range got {
 		if s != int64(i+1) {
-			t.Fatalf("cursors not gap-free: position %d has %d (all: %v)", i, s, got)
+			t.Fatalf("cursors: position %d has %d (all: %v)", i, s, got)
 		}
 	}
-	stored, err := s.EventsAfter(ctx, "o1", "i1", 0, 1000)
-	if err != nil || len(stored) != len(got) || len(got) != 150 {
-		t.Fatalf("stored %d, acknowledged %d, want 150: %v", len(stored), len(got), err)
+	logged, err := l.Read(ctx, events.Filter{OrgID: "o1", InstanceID: "i1"}, 0, 1000)
+	if err != nil || len(logged) != 150 {
+		t.Fatalf("logged %d of i1, want 150: %v", len(logged), err)
 	}
 }
 
-// A repeated dedupe key stores one event, in one batch or across batches.
-func TestIngestDedupe(t *testing.T) {
-	s := storetest.New(t)
-	in := newIngester(t, s, events.NewBroker(16))
+// A page is appended in order, all or none, with contiguous cursors.
+func TestIngestPage(t *testing.T) {
+	in, l := pipeline(t, events.NewBroker(16))
 	ctx := context.Background()
-	rs, err := in.IngestAll(ctx, []events.Draft{draft("i1", "g1"), draft("i1", "g2"), draft("i1", "g1")})
+	if _, err := in.Ingest(ctx, draft("i1", "")); err != nil {
+		t.Fatal(err)
+	}
+	page := make([]events.Draft, 300)
+	for i := range page {
+		page[i] = draft("i1", fmt.Sprint("g", i))
+	}
+	rs, err := in.IngestPage(ctx, page, events.Position{From: "a", Next: "b"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rs[0].Duplicate || rs[1].Duplicate || !rs[2].Duplicate || rs[2].Event.ID != rs[0].Event.ID {
-		t.Fatalf("in-batch: %+v", rs)
+	for i, r := range rs {
+		if r.Event.Seq != int64(i+2) || r.Event.DedupeKey != fmt.Sprint("g", i) {
+			t.Fatalf("result %d: %+v", i, r.Event)
+		}
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	fresh := 0
-	for range 20 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, err := in.Ingest(ctx, draft("i1", "g3"))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			mu.Lock()
-			if !r.Duplicate {
-				fresh++
-			}
-			mu.Unlock()
-		}()
+	logged, err := l.Read(ctx, events.Filter{OrgID: "o1"}, 1, 500)
+	if err != nil || len(logged) != 300 || logged[299].ID != rs[299].Event.ID {
+		t.Fatalf("logged %d: %v", len(logged), err)
 	}
-	wg.Wait()
-	all, _ := s.EventsAfter(ctx, "o1", "i1", 0, 100)
-	if fresh != 1 || len(all) != 3 || all[2].Seq != 3 {
-		t.Fatalf("fresh=%d stored=%d", fresh, len(all))
+	if _, err := in.IngestPage(ctx, make([]events.Draft, events.MaxPage+1), events.Position{}); err == nil {
+		t.Fatal("a page over MaxPage was taken")
 	}
 }
 
@@ -161,9 +152,8 @@ func TestBrokerSlowSubscriber(t *testing.T) {
 // Replay after a cursor continues live with no gap and no duplicate while
 // events keep arriving, and no goroutine outlives the stream.
 func TestStreamReplayThenLive(t *testing.T) {
-	s := storetest.New(t)
 	b := events.NewBroker(1024)
-	in := newIngester(t, s, b)
+	in, l := pipeline(t, b)
 	ctx := context.Background()
 	for i := range 60 { // several replay pages of 25
 		if _, err := in.Ingest(ctx, draft("i1", fmt.Sprint("a", i))); err != nil {
@@ -171,7 +161,7 @@ func TestStreamReplayThenLive(t *testing.T) {
 		}
 	}
 	sctx, cancel := context.WithCancel(ctx)
-	st, err := events.Streamer{Broker: b, History: s, PageSize: 25}.Open(sctx, events.Filter{OrgID: "o1", InstanceID: "i1"}, "10")
+	st, err := events.Streamer{Broker: b, History: l, PageSize: 25}.Open(sctx, events.Filter{OrgID: "o1", InstanceID: "i1"}, "10")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,19 +239,14 @@ func waitNoStreamGoroutines(t *testing.T) {
 	}
 }
 
-// Without an instance, after applies to each instance of the organization:
-// every one's stored events above it, then live ones, none twice.
+// Without an instance, after resumes the whole organization exactly:
+// every instance's events above the cursor, then live ones, none twice.
 func TestStreamOrgWideReplay(t *testing.T) {
-	s := storetest.New(t)
 	b := events.NewBroker(64)
-	in := newIngester(t, s, b)
+	in, l := pipeline(t, b)
 	ctx := context.Background()
-	now := time.Now().UTC()
-	for _, id := range []string{"i1", "i2"} {
-		if err := s.InsertInstance(ctx, store.Instance{ID: id, OrgID: "o1", CreatedAt: now, UpdatedAt: now}); err != nil {
-			t.Fatal(err)
-		}
-		for i := range 3 {
+	for i := range 3 {
+		for _, id := range []string{"i1", "i2"} {
 			if _, err := in.Ingest(ctx, draft(id, fmt.Sprint(id, i))); err != nil {
 				t.Fatal(err)
 			}
@@ -269,7 +254,7 @@ func TestStreamOrgWideReplay(t *testing.T) {
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st, err := (events.Streamer{Broker: b, History: s}).Open(sctx, events.Filter{OrgID: "o1"}, events.FormatCursor(1))
+	st, err := (events.Streamer{Broker: b, History: l}).Open(sctx, events.Filter{OrgID: "o1"}, events.FormatCursor(3))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +262,7 @@ func TestStreamOrgWideReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for len(got) < 5 {
+	for len(got) < 4 {
 		select {
 		case e := <-st.C:
 			got = append(got, fmt.Sprint(e.InstanceID, ":", e.Seq))
@@ -285,53 +270,88 @@ func TestStreamOrgWideReplay(t *testing.T) {
 			t.Fatalf("got only %v", got)
 		}
 	}
-	want := []string{"i1:2", "i1:3", "i2:2", "i2:3", "i2:4"}
+	want := []string{"i2:4", "i1:5", "i2:6", "i2:7"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
 
-// A repeat inside a batch of new events is answered with the stored event,
-// and the new events around it still get gap-free cursors; a repeat of an
-// event whose callback was delivered does not queue it again.
-func TestIngestRepeatAmongNewEvents(t *testing.T) {
-	s := storetest.New(t)
-	in := newIngester(t, s, events.NewBroker(16))
+// Filters apply to replay and live alike.
+func TestStreamFilters(t *testing.T) {
+	b := events.NewBroker(64)
+	in, l := pipeline(t, b)
 	ctx := context.Background()
-	notify := func(key string) events.Draft { d := draft("i1", key); d.Notify = true; return d }
-	first, err := in.Ingest(ctx, notify("x"))
-	if err != nil {
-		t.Fatal(err)
+	typed := func(typ string) events.Draft {
+		d := draft("i1", "")
+		d.EventType, d.Source, d.ObjectType = typ, events.SourcePoller, "activities"
+		return d
 	}
-	if err := s.SetDelivery(ctx, first.Event.ID, events.Delivery{State: events.DeliveryDelivered, Attempts: 1}); err != nil {
-		t.Fatal(err)
-	}
-	rs, err := in.IngestAll(ctx, []events.Draft{notify("a"), notify("x"), notify("b"), notify("c")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !rs[1].Duplicate || rs[1].Event.ID != first.Event.ID || rs[1].Event.Seq != 1 {
-		t.Fatalf("repeat answered %+v", rs[1])
-	}
-	for i, want := range map[int]int64{0: 2, 2: 3, 3: 4} {
-		if rs[i].Err != nil || rs[i].Duplicate || rs[i].Event.Seq != want {
-			t.Fatalf("draft %d: %+v, want seq %d", i, rs[i], want)
+	for _, d := range []events.Draft{typed("Open Email"), typed("Click Link"), draft("i1", ""), typed("Open Email")} {
+		if _, err := in.Ingest(ctx, d); err != nil {
+			t.Fatal(err)
 		}
 	}
-	stored, _ := s.EventsAfter(ctx, "o1", "i1", 0, 10)
-	if len(stored) != 4 {
-		t.Fatalf("%d events stored, want 4", len(stored))
-	}
-	due, err := s.DueDeliveries(ctx, time.Now().Add(time.Minute), 100)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	f := events.Filter{OrgID: "o1", EventTypes: []string{"Open Email"}, Sources: []events.Source{events.SourcePoller}}
+	st, err := (events.Streamer{Broker: b, History: l}).Open(sctx, f, events.FormatCursor(0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range due {
-		if e.ID == first.Event.ID {
-			t.Fatal("the delivered event was queued again by its repeat")
+	for _, d := range []events.Draft{draft("i1", ""), typed("Click Link"), typed("Open Email")} {
+		if _, err := in.Ingest(ctx, d); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if len(due) != 3 {
-		t.Fatalf("%d deliveries due, want the 3 new events", len(due))
+	var got []int64
+	for len(got) < 3 {
+		select {
+		case e := <-st.C:
+			got = append(got, e.Seq)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("got only %v", got)
+		}
+	}
+	if fmt.Sprint(got) != "[1 4 7]" {
+		t.Fatalf("got %v, want [1 4 7]", got)
+	}
+}
+
+// An after older than the log keeps ends the subscription before it starts.
+func TestStreamCursorExpired(t *testing.T) {
+	b := events.NewBroker(64)
+	l := eventlogtest.Open(t, eventlog.Options{DataDir: t.TempDir(), MaxAge: time.Second})
+	in := events.NewIngester(l, events.IngesterOptions{})
+	defer in.Close()
+	ctx := context.Background()
+	for range 2 {
+		if _, err := in.Ingest(ctx, draft("i1", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		evs, err := l.Read(ctx, events.Filter{OrgID: "o1"}, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("events did not expire")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := in.Ingest(ctx, draft("i1", "")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := (events.Streamer{Broker: b, History: l}).Open(ctx, events.Filter{OrgID: "o1"}, events.FormatCursor(1))
+	var ce *events.CursorExpiredError
+	if !errors.As(err, &ce) || ce.Oldest != events.FormatCursor(2) {
+		t.Fatalf("Open after an expired cursor: %v", err)
+	}
+	if b.Count() != 0 {
+		t.Fatal("the refused stream left a subscription")
 	}
 }

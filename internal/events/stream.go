@@ -5,14 +5,7 @@ import (
 	"sync"
 )
 
-// History reads stored events for replay.
-type History interface {
-	EventsAfter(ctx context.Context, orgID, instanceID string, after int64, limit int) ([]*Event, error)
-	// InstanceIDs lists an organization's instances, for org-wide replays.
-	InstanceIDs(ctx context.Context, orgID string) ([]string, error)
-}
-
-// Stream is one subscriber's events: stored ones after a cursor, then live
+// Stream is one subscriber's events: logged ones after a cursor, then live
 // ones, with no gap and no duplicate. A nil value on C means the stream ended
 // with Err.
 type Stream struct {
@@ -33,21 +26,19 @@ func (s *Stream) Err() error {
 	return s.sub.Err()
 }
 
-// Streamer opens subscriber streams over a broker and the stored history.
+// Streamer opens subscriber streams over a broker and the log.
 type Streamer struct {
 	Broker   *Broker
 	History  History
-	PageSize int // events per history read during replay (default 500)
+	PageSize int // events per log read during replay (default 500)
 }
 
-// Open subscribes before it reads history, so an event stored while
-// the replay runs arrives live and is dropped there if the replay had it.
-// Without after, the broker's channel is handed out as it is: no goroutine
-// per idle subscription. The stream is closed when ctx ends.
-//
-// Cursors are ordered within one instance. Without an instance, after
-// applies to each instance of the organization in turn: each one's stored
-// events above it are replayed, then live events follow, none twice.
+// Open subscribes before it reads the log, so an event appended while the
+// replay runs arrives live and is dropped there if the replay had it: the
+// log's sequence orders every event, whatever its instance. Without after,
+// the broker's channel is handed out as it is: no goroutine per idle
+// subscription. The stream is closed when ctx ends. An after older than the
+// log keeps is a *CursorExpiredError, returned here.
 func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, error) {
 	b, h, page := sr.Broker, sr.History, sr.PageSize
 	if page <= 0 {
@@ -62,6 +53,13 @@ func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, e
 	if after == "" {
 		context.AfterFunc(ctx, sub.Close)
 		return st, nil
+	}
+	// The first page is read here, so that an expired cursor is the
+	// subscription's error rather than a stream that ends at once.
+	first, err := h.Read(ctx, f, afterSeq, page)
+	if err != nil {
+		sub.Close()
+		return nil, err
 	}
 	out := make(chan *Event)
 	st.C = out
@@ -84,32 +82,21 @@ func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, e
 				send(nil)
 			}
 		}
-		instances := []string{f.InstanceID}
-		if f.InstanceID == "" {
-			var err error
-			if instances, err = h.InstanceIDs(ctx, f.OrgID); err != nil {
-				fail(err)
-				return
-			}
-		}
-		last := map[string]int64{} // per instance, the last sequence sent
-		for _, inst := range instances {
-			last[inst] = afterSeq
-			for {
-				evs, err := h.EventsAfter(ctx, f.OrgID, inst, last[inst], page)
-				if err != nil {
-					fail(err)
+		last := afterSeq
+		evs := first
+		for {
+			for _, e := range evs {
+				if !send(e) {
 					return
 				}
-				for _, e := range evs {
-					if !send(e) {
-						return
-					}
-					last[inst] = e.Seq
-				}
-				if len(evs) < page {
-					break
-				}
+				last = e.Seq
+			}
+			if len(evs) < page {
+				break
+			}
+			if evs, err = h.Read(ctx, f, last, page); err != nil {
+				fail(err)
+				return
 			}
 		}
 		for {
@@ -118,15 +105,13 @@ func (sr Streamer) Open(ctx context.Context, f Filter, after string) (*Stream, e
 				if !ok {
 					return
 				}
-				if e != nil {
-					if seen, ok := last[e.InstanceID]; ok && e.Seq <= seen {
-						continue
-					}
+				if e != nil && e.Seq <= last {
+					continue
 				}
 				if !send(e) || e == nil {
 					return
 				}
-				last[e.InstanceID] = e.Seq
+				last = e.Seq
 			case <-ctx.Done():
 				return
 			}

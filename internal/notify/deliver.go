@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
-
 	"github.com/leadstream/leadstream/internal/events"
 )
 
@@ -27,60 +25,75 @@ const (
 	maxErrLen = 200
 	// writeTimeout bounds recording an outcome, which also runs during shutdown.
 	writeTimeout = 10 * time.Second
-	userAgent    = "Leadstream-Webhooks/1.0"
+	// early is how much sooner than its state's next attempt a job may
+	// come back and still be attempted (the queue's timers are not exact).
+	early     = 50 * time.Millisecond
+	userAgent = "Leadstream-Webhooks/1.0"
 )
 
-// outcome is what one handling of an event decided, kept until it is written.
-type outcome struct {
-	attempt      *events.Attempt // nil when nothing was sent
-	attemptSaved bool
-	delivery     events.Delivery
-}
-
-// handle takes one claimed event through at most one POST and records the
-// outcome; it returns when the event is due again (zero: not scheduled here).
-func (n *Notifier) handle(ctx context.Context, ev *events.Event) time.Time {
-	if o := n.takeUnwritten(ev.ID); o != nil {
-		// The last outcome never reached the store: write it, do not POST
-		// again (it may have been a 2xx).
-		return n.record(ctx, ev, o)
+// handle takes one job through at most one POST and records the outcome.
+func (n *Notifier) handle(ctx context.Context, j events.DeliveryJob) {
+	ev := j.Event()
+	log := n.log.With("instance", ev.InstanceID, "event", ev.ID)
+	d, ok, err := n.queue.DeliveryState(ctx, ev.ID)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Error("notify: reading delivery state", "err", err)
+		}
+		n.retry(j, n.o.RetryBase)
+		return
 	}
-	d := *ev.Delivery
+	if !ok {
+		d = events.Delivery{State: events.DeliveryPending}
+	}
+	if d.Gen != j.Gen() || d.State != events.DeliveryPending {
+		// Delivered, given up, or a generation a redelivery replaced: done.
+		n.done(j)
+		return
+	}
+	if d.NextAttemptAt != nil {
+		if wait := d.NextAttemptAt.Sub(n.o.Now()); wait > early {
+			n.retry(j, wait) // back before its time (a restart, a lost replica)
+			return
+		}
+	}
 	d.NextAttemptAt = nil
 	if d.Attempts >= MaxAttempts {
 		d.State = events.DeliveryFailed
 		d.LastError = ptr(fmt.Sprintf("gave up after %d attempts", d.Attempts))
 		n.observe(OutcomeGaveUp)
-		return n.record(ctx, ev, &outcome{delivery: d})
+		n.finish(ctx, j, nil, d)
+		return
 	}
-
 	target, key, ok, err := n.targets.Target(ctx, ev.InstanceID)
 	if err != nil {
 		if ctx.Err() != nil {
-			return time.Time{} // shutting down before sending: stays pending
+			n.release(j) // shutting down before sending
+			return
 		}
 		// Our failure, not the receiver's: retry later without using up an attempt.
-		n.log.Error("notify: looking up the callback target", "instance", ev.InstanceID, "event", ev.ID, "err", err)
-		next := n.o.Now().Add(n.o.RetryBase)
-		d.NextAttemptAt = &next
-		d.LastError = ptr("looking up the callback target failed")
-		return n.record(ctx, ev, &outcome{delivery: d})
+		log.Error("notify: looking up the callback target", "err", err)
+		n.retry(j, n.o.RetryBase)
+		return
 	}
 	if !ok {
 		d.State = events.DeliveryFailed
 		d.LastError = ptr("instance no longer exists or has no callback URL")
-		n.log.Info("notify: dropping delivery, no callback target", "instance", ev.InstanceID, "event", ev.ID)
+		log.Info("notify: dropping delivery, no callback target")
 		n.observe(OutcomeGaveUp)
-		return n.record(ctx, ev, &outcome{delivery: d})
+		n.finish(ctx, j, nil, d)
+		return
 	}
 	if ctx.Err() != nil {
-		return time.Time{} // not sent yet: left pending for the next run
+		n.release(j) // not sent yet: back to the queue for the next run
+		return
 	}
+	_ = j.InProgress() // the POST may take the whole attempt timeout
 
 	a, delivered := n.post(ctx, ev, target, key, d.Attempts+1)
 	d.Attempts = a.Attempt
 	now := n.o.Now()
-	log := n.log.With("instance", ev.InstanceID, "event", ev.ID, "attempt", a.Attempt)
+	log = log.With("attempt", a.Attempt)
 	switch {
 	case delivered:
 		d.State, d.DeliveredAt, d.LastError = events.DeliveryDelivered, &now, nil
@@ -98,13 +111,57 @@ func (n *Notifier) handle(ctx context.Context, ev *events.Event) time.Time {
 		log.Debug("notify: attempt failed", "err", *a.Error, "retryAt", next)
 		n.observe(OutcomeFailedAttempt)
 	}
-	return n.record(ctx, ev, &outcome{attempt: &a, delivery: d})
+	n.finish(ctx, j, &a, d)
+}
+
+// finish records an outcome, the attempt first, so whoever sees the final
+// state also sees every attempt, then tells the queue: done when final,
+// back after the backoff otherwise. When the state cannot be written the
+// job comes back soon and the next worker decides again from what was
+// recorded (at-least-once: a 2xx not recorded may be POSTed again).
+func (n *Notifier) finish(ctx context.Context, j events.DeliveryJob, a *events.Attempt, d events.Delivery) {
+	ev := j.Event()
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
+	if a != nil {
+		if err := n.queue.RecordAttempt(wctx, *a); err != nil {
+			n.log.Error("notify: recording an attempt", "instance", ev.InstanceID, "event", ev.ID, "err", err)
+		}
+	}
+	if err := n.queue.SetDeliveryState(wctx, ev, d); err != nil {
+		n.log.Error("notify: recording delivery state; will retry", "instance", ev.InstanceID, "event", ev.ID, "err", err)
+		n.retry(j, n.o.RetryBase)
+		return
+	}
+	if d.State != events.DeliveryPending {
+		n.done(j)
+		return
+	}
+	n.retry(j, d.NextAttemptAt.Sub(n.o.Now()))
+}
+
+func (n *Notifier) done(j events.DeliveryJob) {
+	if err := j.Done(); err != nil {
+		n.log.Warn("notify: acknowledging a delivery", "event", j.Event().ID, "err", err)
+	}
+}
+
+func (n *Notifier) retry(j events.DeliveryJob, d time.Duration) {
+	if err := j.Retry(max(d, time.Millisecond)); err != nil {
+		n.log.Warn("notify: scheduling a retry", "event", j.Event().ID, "err", err)
+	}
+}
+
+func (n *Notifier) release(j events.DeliveryJob) {
+	if err := j.Release(); err != nil {
+		n.log.Warn("notify: releasing a delivery", "event", j.Event().ID, "err", err)
+	}
 }
 
 // post sends the event once. The request gets its own deadline and is not
 // cut by shutdown: an attempt that started is finished and recorded.
 func (n *Notifier) post(ctx context.Context, ev *events.Event, target, key string, number int) (events.Attempt, bool) {
-	a := events.Attempt{ID: uuid.NewString(), EventID: ev.ID, InstanceID: ev.InstanceID, Attempt: number, At: n.o.Now()}
+	a := events.Attempt{EventID: ev.ID, InstanceID: ev.InstanceID, Attempt: number, At: n.o.Now()}
 	fail := func(msg string) (events.Attempt, bool) {
 		a.Error = &msg
 		return a, false
@@ -149,43 +206,6 @@ func (n *Notifier) post(ctx context.Context, ev *events.Event, target, key strin
 	default:
 		return fail(fmt.Sprintf("HTTP %d", code))
 	}
-}
-
-// record writes an outcome: the attempt first, so whoever sees the final
-// state also sees every attempt, then the delivery state. When the state
-// cannot be written the outcome is kept and written before any new POST of
-// the event, so a 2xx is never followed by another POST from this process.
-func (n *Notifier) record(ctx context.Context, ev *events.Event, o *outcome) time.Time {
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
-	defer cancel()
-	if o.attempt != nil && !o.attemptSaved {
-		if err := n.store.InsertAttempt(wctx, *o.attempt); err != nil {
-			n.log.Error("notify: recording an attempt", "instance", ev.InstanceID, "event", ev.ID, "err", err)
-		} else {
-			o.attemptSaved = true
-		}
-	}
-	if err := n.store.SetDelivery(wctx, ev.ID, o.delivery); err != nil {
-		n.log.Error("notify: recording delivery state; will retry", "instance", ev.InstanceID, "event", ev.ID, "err", err)
-		n.mu.Lock()
-		n.unwritten[ev.ID] = o
-		n.mu.Unlock()
-		return time.Time{}
-	}
-	// An attempt whose insert failed again once the store answers is dropped
-	// (it may well have been written): the delivery state is what counts.
-	if o.delivery.State == events.DeliveryPending && o.delivery.NextAttemptAt != nil {
-		return *o.delivery.NextAttemptAt
-	}
-	return time.Time{}
-}
-
-func (n *Notifier) takeUnwritten(id string) *outcome {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	o := n.unwritten[id]
-	delete(n.unwritten, id)
-	return o
 }
 
 // backoff is the wait after failed attempt number k: RetryBase * 4^(k-1).

@@ -15,9 +15,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/leadstream/leadstream/internal/eventlog"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/notify"
-	"github.com/leadstream/leadstream/internal/store"
 )
 
 const orgID = "org-1"
@@ -43,8 +43,8 @@ func (t *targets) Target(_ context.Context, instanceID string) (string, string, 
 	return v[0], v[1], ok, nil
 }
 
-// addEvents stores n events of an instance, each with a pending delivery due now.
-func addEvents(t *testing.T, s *store.Store, instanceID string, n int) []*events.Event {
+// addEvents appends n events of an instance, each for delivery.
+func addEvents(t *testing.T, l *eventlog.Log, instanceID string, n int) []*events.Event {
 	t.Helper()
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	evs := make([]*events.Event, n)
@@ -52,52 +52,21 @@ func addEvents(t *testing.T, s *store.Store, instanceID string, n int) []*events
 		id := uuid.NewString()
 		obj := fmt.Sprint(1000 + i)
 		evs[i] = &events.Event{
-			ID: id, InstanceID: instanceID, OrgID: orgID, Seq: int64(i + 1), DedupeKey: "key-" + id,
+			ID: id, InstanceID: instanceID, OrgID: orgID, DedupeKey: "key-" + id,
 			Source: events.SourceWebhook, EventType: "lead.created", ObjectType: "lead", ObjectID: &obj,
-			OccurredAt: now, ReceivedAt: now, Payload: events.JSON(fmt.Sprintf(`{"n":%d,"name":"Ann"}`, i)),
-			Delivery: &events.Delivery{State: events.DeliveryPending, NextAttemptAt: &now},
+			OccurredAt: now, ReceivedAt: now, Payload: events.JSON(fmt.Sprintf(`{"n":%d,"name":"Ann"}`, i)), Notify: true,
 		}
-	}
-	errs, err := s.InsertEvents(context.Background(), evs)
-	if err != nil {
-		t.Fatalf("InsertEvents: %v", err)
-	}
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("InsertEvents[%d]: %v", i, err)
+		if _, err := l.Append(context.Background(), evs[i]); err != nil {
+			t.Fatalf("Append: %v", err)
 		}
 	}
 	return evs
 }
 
-// stored reads an instance's events back, by id.
-func stored(t *testing.T, s *store.Store, instanceID string) map[string]*events.Event {
-	t.Helper()
-	evs, err := s.EventsAfter(context.Background(), orgID, instanceID, 0, 10000)
-	if err != nil {
-		t.Fatalf("EventsAfter: %v", err)
-	}
-	m := make(map[string]*events.Event, len(evs))
-	for _, e := range evs {
-		m[e.ID] = e
-	}
-	return m
-}
-
-// storedOne reads back the one event with this id.
-func storedOne(t *testing.T, s *store.Store, ev *events.Event) *events.Event {
-	t.Helper()
-	e := stored(t, s, ev.InstanceID)[ev.ID]
-	if e == nil || e.Delivery == nil {
-		t.Fatalf("event %s or its delivery is missing from the store", ev.ID)
-	}
-	return e
-}
-
 // attempts returns an instance's recorded attempts, oldest first.
-func attempts(t *testing.T, s *store.Store, instanceID string) []events.Attempt {
+func attempts(t *testing.T, l *eventlog.Log, instanceID string) []events.Attempt {
 	t.Helper()
-	as, err := s.Attempts(context.Background(), instanceID, 10000)
+	as, err := l.Attempts(context.Background(), instanceID, 10000)
 	if err != nil {
 		t.Fatalf("Attempts: %v", err)
 	}
@@ -110,18 +79,17 @@ func attempts(t *testing.T, s *store.Store, instanceID string) []events.Attempt 
 	return as
 }
 
-// delivery is an event's current delivery state: from the delivery queue
-// while pending, from the event once final.
-func delivery(t *testing.T, s *store.Store, ev *events.Event) events.Delivery {
+// delivery is an event's current delivery state (PENDING before any).
+func delivery(t *testing.T, l *eventlog.Log, ev *events.Event) events.Delivery {
 	t.Helper()
-	d, ok, err := s.PendingDelivery(context.Background(), ev.ID)
+	d, ok, err := l.DeliveryState(context.Background(), ev.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok {
-		return d
+	if !ok {
+		return events.Delivery{State: events.DeliveryPending}
 	}
-	return *storedOne(t, s, ev).Delivery
+	return d
 }
 
 // start runs n until the returned stop is called (or the test ends); stop
@@ -161,7 +129,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func waitState(t *testing.T, s *store.Store, ev *events.Event, want events.DeliveryState) events.Delivery {
+func waitState(t *testing.T, s *eventlog.Log, ev *events.Event, want events.DeliveryState) events.Delivery {
 	t.Helper()
 	var d events.Delivery
 	waitFor(t, 10*time.Second, "delivery state "+string(want), func() bool {

@@ -19,10 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leadstream/leadstream/internal/eventlog"
+	"github.com/leadstream/leadstream/internal/eventlog/eventlogtest"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/notify"
-	"github.com/leadstream/leadstream/internal/store"
-	"github.com/leadstream/leadstream/internal/store/storetest"
 )
 
 func TestSign(t *testing.T) {
@@ -68,7 +68,7 @@ func TestSign(t *testing.T) {
 // on a retry: body, content type, webhook-id, webhook-timestamp, signature.
 func TestCallbackRequest(t *testing.T) {
 	t.Parallel()
-	s := storetest.New(t)
+	s := eventlogtest.New(t)
 	tests := []struct{ name, key string }{
 		{"whsec_ key", "whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))},
 		{"plain key", "plain-signing-key"},
@@ -100,12 +100,16 @@ func TestCallbackRequest(t *testing.T) {
 			tg := newTargets()
 			tg.set(instanceID, srv.URL+"/hooks/marketo?tenant=a", tc.key)
 			ev := addEvents(t, s, instanceID, 1)[0]
-			want, err := json.Marshal(storedOne(t, s, ev))
+			logged, err := s.Read(context.Background(), events.Filter{OrgID: orgID, InstanceID: instanceID}, 0, 1)
+			if err != nil || len(logged) != 1 {
+				t.Fatalf("reading the event back: %v", err)
+			}
+			want, err := json.Marshal(logged[0])
 			if err != nil {
 				t.Fatal(err)
 			}
 
-			n := notify.New(s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond, PollInterval: time.Hour})
+			n := notify.New(s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond})
 			stop := start(t, n)
 			waitState(t, s, ev, events.DeliveryDelivered)
 			stop()
@@ -152,7 +156,7 @@ func TestCallbackRequest(t *testing.T) {
 // ways and checks the recorded attempts and the final delivery state.
 func TestOutcomes(t *testing.T) {
 	t.Parallel()
-	s := storetest.New(t)
+	s := eventlogtest.New(t)
 	var elsewhereHits atomic.Int64
 	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		elsewhereHits.Add(1)
@@ -261,8 +265,7 @@ func TestOutcomes(t *testing.T) {
 			var obs observed
 			n := notify.New(s, tg, notify.Options{
 				RetryBase: 10 * time.Millisecond, AttemptTimeout: attemptTimeout,
-				PollInterval: time.Hour, // retries must come from the notifier's own schedule
-				Observe:      obs.observe,
+				Observe: obs.observe,
 			})
 			stop := start(t, n)
 			d := waitState(t, s, ev, tc.wantState)
@@ -300,7 +303,7 @@ func TestOutcomes(t *testing.T) {
 				if a.Error != nil {
 					errText = *a.Error
 				}
-				if a.ID == "" || a.EventID != ev.ID || a.InstanceID != instanceID || a.Attempt != k+1 || a.At.IsZero() || a.DurationMs < 0 {
+				if a.EventID != ev.ID || a.InstanceID != instanceID || a.Attempt != k+1 || a.At.IsZero() || a.DurationMs < 0 {
 					t.Errorf("attempt %d: %+v", k+1, a)
 				}
 				if status != tc.wantStatuses[k] {
@@ -344,27 +347,27 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-// recorder is the real store, remembering the delivery states and attempts
-// written through it, with their exact (not millisecond-rounded) times.
+// recorder is the real log, remembering the delivery states and attempts
+// written through it, with their exact times.
 type recorder struct {
-	*store.Store
+	*eventlog.Log
 	mu         sync.Mutex
 	deliveries []events.Delivery
 	attempts   []events.Attempt
 }
 
-func (r *recorder) SetDelivery(ctx context.Context, eventID string, d events.Delivery) error {
+func (r *recorder) SetDeliveryState(ctx context.Context, ev *events.Event, d events.Delivery) error {
 	r.mu.Lock()
 	r.deliveries = append(r.deliveries, d)
 	r.mu.Unlock()
-	return r.Store.SetDelivery(ctx, eventID, d)
+	return r.Log.SetDeliveryState(ctx, ev, d)
 }
 
-func (r *recorder) InsertAttempt(ctx context.Context, a events.Attempt) error {
+func (r *recorder) RecordAttempt(ctx context.Context, a events.Attempt) error {
 	r.mu.Lock()
 	r.attempts = append(r.attempts, a)
 	r.mu.Unlock()
-	return r.Store.InsertAttempt(ctx, a)
+	return r.Log.RecordAttempt(ctx, a)
 }
 
 // TestGivesUpAfterMaxAttempts: an always-failing receiver gets 10 attempts,
@@ -373,7 +376,7 @@ func (r *recorder) InsertAttempt(ctx context.Context, a events.Attempt) error {
 // 9th retry waits RetryBase*4^8.
 func TestGivesUpAfterMaxAttempts(t *testing.T) {
 	t.Parallel()
-	s := storetest.New(t)
+	s := eventlogtest.New(t)
 	const base = 10 * time.Microsecond
 
 	// A listener that hangs up on every connection: a transport error, no status.
@@ -420,8 +423,8 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 			tg.set(instanceID, tc.url, "")
 			ev := addEvents(t, s, instanceID, 1)[0]
 			var obs observed
-			rec := &recorder{Store: s}
-			n := notify.New(rec, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, PollInterval: time.Hour, Observe: obs.observe})
+			rec := &recorder{Log: s}
+			n := notify.New(rec, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, Observe: obs.observe})
 			stop := start(t, n)
 			d := waitState(t, s, ev, events.DeliveryFailed)
 			stop()
@@ -467,7 +470,7 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 				if wait < lo || wait > hi {
 					t.Errorf("after attempt %d the retry is due %s after its start, want within [%s, %s]", k, wait, lo, hi)
 				}
-				// Store comparisons round to the millisecond.
+				// The queue's timers are not exact to the millisecond.
 				if next := rec.attempts[k].At; next.Before(w.NextAttemptAt.Add(-time.Millisecond)) {
 					t.Errorf("attempt %d started at %s, before it was due at %s", k+1, next, *w.NextAttemptAt)
 				}
@@ -485,11 +488,11 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 	}
 }
 
-// TestResumesAfterRestart: the queue is the store, so a new notifier picks up
-// where a stopped one left off.
+// TestResumesAfterRestart: the queue and the delivery state are in the log,
+// so a new notifier picks up where a stopped one left off.
 func TestResumesAfterRestart(t *testing.T) {
 	t.Parallel()
-	s := storetest.New(t)
+	s := eventlogtest.New(t)
 	var failing atomic.Bool
 	failing.Store(true)
 	var mu sync.Mutex
@@ -506,7 +509,7 @@ func TestResumesAfterRestart(t *testing.T) {
 	tg := newTargets()
 	tg.set("inst-restart", srv.URL, "k")
 	ev := addEvents(t, s, "inst-restart", 1)[0]
-	opts := notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond, PollInterval: 20 * time.Millisecond}
+	opts := notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond}
 
 	stop := start(t, notify.New(s, tg, opts))
 	waitFor(t, 10*time.Second, "two failed attempts", func() bool { return len(attempts(t, s, "inst-restart")) >= 2 })
@@ -540,12 +543,12 @@ func TestResumesAfterRestart(t *testing.T) {
 	}
 }
 
-// TestConcurrentDeliveries: many events, several workers, constant wake-ups
-// (so scans overlap attempts in flight). Each event is never POSTed twice at
-// the same time, gets exactly one 2xx, and is never POSTed after it.
+// TestConcurrentDeliveries: many events, several workers, and two notifiers
+// sharing the queue (two replicas). Each event is never POSTed twice at the
+// same time, gets exactly one 2xx, and is never POSTed after it.
 func TestConcurrentDeliveries(t *testing.T) {
 	t.Parallel()
-	s := storetest.New(t)
+	s := eventlogtest.New(t)
 	const total, workers = concurrentEvents, 8
 
 	type perID struct {
@@ -599,12 +602,10 @@ func TestConcurrentDeliveries(t *testing.T) {
 	mu.Unlock()
 	tg := newTargets()
 	tg.set("inst-many", srv.URL, "whsec_c2VjcmV0")
-	// Waiting on the outcome hook rather than reading the store keeps the
-	// test's own load off the store.
 	var delivered atomic.Int64
 	n := notify.New(s, tg, notify.Options{
 		RetryBase: 5 * time.Millisecond, AttemptTimeout: 2 * time.Second,
-		Workers: workers, PollInterval: time.Millisecond,
+		Workers: workers,
 		Observe: func(outcome string) {
 			if outcome == notify.OutcomeDelivered {
 				delivered.Add(1)
@@ -612,31 +613,27 @@ func TestConcurrentDeliveries(t *testing.T) {
 		},
 	})
 	stop := start(t, n)
-	wakeCtx, stopWaking := context.WithCancel(context.Background())
-	var wakers sync.WaitGroup
-	wakers.Add(1)
-	go func() {
-		defer wakers.Done()
-		for wakeCtx.Err() == nil {
-			n.Wake()
-			time.Sleep(200 * time.Microsecond)
-		}
-	}()
+	stop2 := start(t, notify.New(s, tg, notify.Options{
+		RetryBase: 5 * time.Millisecond, AttemptTimeout: 2 * time.Second, Workers: workers,
+		Observe: func(outcome string) {
+			if outcome == notify.OutcomeDelivered {
+				delivered.Add(1)
+			}
+		},
+	}))
 
 	waitFor(t, 60*time.Second, "every event delivered", func() bool { return delivered.Load() == total })
-	stopWaking()
-	wakers.Wait()
 	stop()
+	stop2()
 
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) != total {
 		t.Errorf("receiver saw %d webhook-ids, want %d", len(seen), total)
 	}
-	if maxInFlight > workers {
-		t.Errorf("%d POSTs in flight at once, more than %d workers", maxInFlight, workers)
+	if maxInFlight > 2*workers {
+		t.Errorf("%d POSTs in flight at once, more than 2x%d workers", maxInFlight, workers)
 	}
-	storedEvs := stored(t, s, "inst-many")
 	wantAttempts := 0
 	for _, ev := range evs {
 		p := seen[ev.ID]
@@ -653,7 +650,7 @@ func TestConcurrentDeliveries(t *testing.T) {
 		case p.oks != 1 || p.postsAfterOK != 0 || p.posts != want:
 			t.Errorf("event %s: %d POSTs, %d 2xx, %d POSTs after its 2xx; want %d, 1, 0", ev.ID, p.posts, p.oks, p.postsAfterOK, want)
 		}
-		if d := storedEvs[ev.ID].Delivery; d.Attempts != want {
+		if d := delivery(t, s, ev); d.Attempts != want {
 			t.Errorf("event %s: delivery.attempts = %d, want %d", ev.ID, d.Attempts, want)
 		}
 	}
@@ -666,7 +663,7 @@ func TestConcurrentDeliveries(t *testing.T) {
 // attempt finish and be recorded before Run returns.
 func TestRunDrains(t *testing.T) {
 	t.Parallel()
-	s := storetest.New(t)
+	s := eventlogtest.New(t)
 	arrived := make(chan struct{})
 	proceed := make(chan struct{})
 	var once sync.Once
@@ -706,7 +703,7 @@ func TestRunDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after the attempt finished")
 	}
-	// No waiting: the outcome must already be in the store.
+	// No waiting: the outcome must already be in the log.
 	if d := delivery(t, s, ev); d.State != events.DeliveryDelivered || d.Attempts != 1 {
 		t.Errorf("delivery after Run returned = %+v, want DELIVERED after 1 attempt", d)
 	}
@@ -715,64 +712,24 @@ func TestRunDrains(t *testing.T) {
 	}
 }
 
-// scanCounter is the real store, counting completed scans.
-type scanCounter struct {
-	*store.Store
-	scans atomic.Int64
-}
-
-func (c *scanCounter) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]*events.Event, error) {
-	evs, err := c.Store.DueDeliveries(ctx, now, limit)
-	c.scans.Add(1)
-	return evs, err
-}
-
-// TestWake: a woken notifier delivers new events without waiting for the
-// next poll.
-func TestWake(t *testing.T) {
-	t.Parallel()
-	s := &scanCounter{Store: storetest.New(t)}
-	got := make(chan string, 1)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case got <- r.Header.Get("webhook-id"):
-		default:
-		}
-	}))
-	t.Cleanup(srv.Close)
-	tg := newTargets()
-	tg.set("inst-wake", srv.URL, "")
-	n := notify.New(s, tg, notify.Options{PollInterval: time.Hour})
-	start(t, n)
-	waitFor(t, 10*time.Second, "the first scan", func() bool { return s.scans.Load() > 0 })
-
-	ev := addEvents(t, s.Store, "inst-wake", 1)[0]
-	n.Wake()
-	n.Wake() // never blocks
-	select {
-	case id := <-got:
-		if id != ev.ID {
-			t.Errorf("webhook-id %q, want %q", id, ev.ID)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Wake did not lead to a delivery")
-	}
-	waitState(t, s.Store, ev, events.DeliveryDelivered)
-}
-
+// TestRunOnceAtATime: of two concurrent Runs one is refused; once stopped,
+// the notifier may run again.
 func TestRunOnceAtATime(t *testing.T) {
 	t.Parallel()
-	s := &scanCounter{Store: storetest.New(t)}
-	n := notify.New(s, newTargets(), notify.Options{PollInterval: time.Hour})
-	stop := start(t, n)
-	waitFor(t, 10*time.Second, "the first scan", func() bool { return s.scans.Load() > 0 })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := n.Run(ctx); err == nil || !strings.HasPrefix(err.Error(), "notify: ") {
-		t.Errorf("a second Run = %v, want a notify: error", err)
+	n := notify.New(eventlogtest.New(t), newTargets(), notify.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- n.Run(ctx) }()
 	}
-	stop()
-	// Once stopped, it may run again.
+	first := <-errs // the refused one returns at once
+	if first == nil || !strings.HasPrefix(first.Error(), "notify: ") {
+		t.Errorf("one of two Runs = %v, want a notify: error", first)
+	}
+	cancel()
+	if err := <-errs; err != nil {
+		t.Errorf("the running Run = %v", err)
+	}
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	cancel2()
 	if err := n.Run(ctx2); err != nil && !errors.Is(err, context.Canceled) {
@@ -790,13 +747,13 @@ func ptrString(p *string) string {
 // TestRunLeavesNoGoroutines runs alone (not parallel), so any notifier or
 // HTTP-client goroutine left after Run returns is this notifier's.
 func TestRunLeavesNoGoroutines(t *testing.T) {
-	s := storetest.New(t)
+	s := eventlogtest.New(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	t.Cleanup(srv.Close)
 	tg := newTargets()
 	tg.set("inst-leak", srv.URL, "k")
 	evs := addEvents(t, s, "inst-leak", 5)
-	n := notify.New(s, tg, notify.Options{Workers: 3, PollInterval: 5 * time.Millisecond})
+	n := notify.New(s, tg, notify.Options{Workers: 3})
 	stop := start(t, n)
 	for _, ev := range evs {
 		waitState(t, s, ev, events.DeliveryDelivered)

@@ -121,10 +121,22 @@ func (p *Poller) poll(ctx context.Context, id string, state *store.PollState) (o
 }
 
 // fetch pages from the stored token (or from the instance's creation on
-// the first poll) while Marketo has more. Each page is ingested before its
-// token is saved, so a crash repeats at most one page, and the repeat is
-// answered as duplicates. The last page's token is saved by the caller.
+// the first poll) while Marketo has more. Each page is appended to the log
+// atomically with its position (its token, the next one, the running
+// count), before the next token is saved with the page's log sequence. A
+// crash between the two leaves the log ahead of the saved state, and the
+// log's own record wins: the page is never fetched and appended again,
+// however long the gateway stayed down, with no reliance on JetStream's
+// de-duplication window. The last page's token is saved by the caller.
 func (p *Poller) fetch(ctx context.Context, c *marketo.Client, in store.Instance, set instance.Settings, st *store.PollState) (more bool, err error) {
+	pos, logged, err := p.pos.LastPosition(ctx, in.OrgID, in.ID)
+	if err != nil {
+		return false, fmt.Errorf("poller: %w", err)
+	}
+	if logged && pos.Seq > st.LogSeq && pos.Next != "" {
+		p.log.Info("poller: the log is ahead of the saved state; continuing from the log", "instance", in.ID)
+		st.NextPageToken, st.EventsIngested, st.LogSeq = pos.Next, pos.Ingested, pos.Seq
+	}
 	token := st.NextPageToken
 	if token == "" {
 		if token, err = c.PagingToken(ctx, in.CreatedAt); err != nil {
@@ -139,7 +151,7 @@ func (p *Poller) fetch(ctx context.Context, c *marketo.Client, in store.Instance
 		if err != nil {
 			return false, fmt.Errorf("poller: activities: %w", err)
 		}
-		if err := p.ingest(ctx, c, in, set, page.Activities, st); err != nil {
+		if err := p.ingest(ctx, c, in, set, page.Activities, events.Position{From: token, Next: page.NextPageToken}, st); err != nil {
 			return false, err
 		}
 		st.NextPageToken = page.NextPageToken
@@ -153,8 +165,8 @@ func (p *Poller) fetch(ctx context.Context, c *marketo.Client, in store.Instance
 	}
 }
 
-// ingest stores one page's activities as events and counts the new ones.
-func (p *Poller) ingest(ctx context.Context, c *marketo.Client, in store.Instance, set instance.Settings, acts []marketo.Activity, st *store.PollState) error {
+// ingest appends one page's activities as events, all or none, and counts them.
+func (p *Poller) ingest(ctx context.Context, c *marketo.Client, in store.Instance, set instance.Settings, acts []marketo.Activity, pos events.Position, st *store.PollState) error {
 	if len(acts) == 0 {
 		return nil
 	}
@@ -172,22 +184,14 @@ func (p *Poller) ingest(ctx context.Context, c *marketo.Client, in store.Instanc
 	for i, a := range acts {
 		drafts[i] = draftOf(in, set, a, names)
 	}
-	results, err := p.ing.IngestAll(ctx, drafts)
+	pos.Ingested = st.EventsIngested + int64(len(drafts))
+	results, err := p.ing.IngestPage(ctx, drafts, pos)
 	if err != nil {
 		return fmt.Errorf("poller: ingest: %w", err)
 	}
-	var first error
-	for _, r := range results {
-		switch {
-		case r.Err != nil:
-			if first == nil {
-				first = fmt.Errorf("poller: ingest: %w", r.Err)
-			}
-		case !r.Duplicate:
-			st.EventsIngested++
-		}
-	}
-	return first
+	st.EventsIngested = pos.Ingested
+	st.LogSeq = results[len(results)-1].Event.Seq
+	return nil
 }
 
 func isLeadType(id int) bool {

@@ -49,9 +49,15 @@ type Store interface {
 	SavePollState(ctx context.Context, p store.PollState) error
 }
 
-// Ingester stores and publishes the events of one page; *events.Ingester has it.
+// Ingester appends the events of one page; *events.Ingester has it.
 type Ingester interface {
-	IngestAll(ctx context.Context, drafts []events.Draft) ([]events.Result, error)
+	IngestPage(ctx context.Context, drafts []events.Draft, pos events.Position) ([]events.Result, error)
+}
+
+// Positions tells where the log says an instance's poller stood: the
+// position kept with its last appended page; *eventlog.Log has it.
+type Positions interface {
+	LastPosition(ctx context.Context, orgID, instanceID string) (events.Position, bool, error)
 }
 
 // Options tune a Poller; the zero value gives production behaviour.
@@ -84,6 +90,7 @@ type Options struct {
 type Poller struct {
 	store Store
 	ing   Ingester
+	pos   Positions
 	box   *secrets.Box
 	opts  Options
 	log   *slog.Logger
@@ -100,7 +107,7 @@ type Poller struct {
 }
 
 // New makes a Poller; it does nothing until Run.
-func New(s Store, ing Ingester, box *secrets.Box, o Options) *Poller {
+func New(s Store, ing Ingester, pos Positions, box *secrets.Box, o Options) *Poller {
 	if o.MinInterval <= 0 {
 		o.MinInterval = DefaultMinInterval
 	}
@@ -123,6 +130,7 @@ func New(s Store, ing Ingester, box *secrets.Box, o Options) *Poller {
 	return &Poller{
 		store:    s,
 		ing:      ing,
+		pos:      pos,
 		box:      box,
 		opts:     o,
 		log:      o.Logger,

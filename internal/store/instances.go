@@ -132,26 +132,6 @@ func (s *Store) DeleteInstance(ctx context.Context, orgID, id string) error {
 	return wrap("delete poll state", err)
 }
 
-// InstanceIDs lists the ids of an organization's instances.
-func (s *Store) InstanceIDs(ctx context.Context, orgID string) ([]string, error) {
-	cur, err := s.db.Collection(colInstances).Find(ctx, bson.D{{Key: "orgId", Value: orgID}},
-		options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}).SetSort(bson.D{{Key: "createdAt", Value: 1}}))
-	if err != nil {
-		return nil, wrap("list instance ids", err)
-	}
-	var docs []struct {
-		ID string `bson:"_id"`
-	}
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, wrap("list instance ids", err)
-	}
-	ids := make([]string, len(docs))
-	for i, d := range docs {
-		ids[i] = d.ID
-	}
-	return ids, nil
-}
-
 // InstanceByTokenHash returns the instance whose Element token has this hash.
 func (s *Store) InstanceByTokenHash(ctx context.Context, hash string) (Instance, error) {
 	var in Instance

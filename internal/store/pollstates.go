@@ -17,6 +17,9 @@ type PollState struct {
 	LastSuccessAt  *time.Time `bson:"lastSuccessAt,omitempty"`
 	LastError      string     `bson:"lastError,omitempty"`
 	EventsIngested int64      `bson:"eventsIngested"`
+	// LogSeq is the log's sequence of the last page appended when this
+	// state was saved: a later page in the log means the log is ahead.
+	LogSeq int64 `bson:"logSeq"`
 	// PausedUntil stops polling until then (Marketo's daily quota, 607).
 	PausedUntil *time.Time `bson:"pausedUntil,omitempty"`
 }

@@ -190,11 +190,6 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		colInstances:     {{Keys: bson.D{{Key: "orgId", Value: 1}, {Key: "createdAt", Value: -1}}}, {Keys: bson.D{{Key: "tokenHash", Value: 1}}}},
 		colOAuthCodes:    {{Keys: bson.D{{Key: "expiresAt", Value: 1}}}},
 		colOAuthRequests: {{Keys: bson.D{{Key: "expiresAt", Value: 1}}}},
-		colEvents: {
-			{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "seq", Value: 1}}, Options: options.Index().SetUnique(true)},
-		},
-		colQueue:    {{Keys: bson.D{{Key: "nextAttemptAt", Value: 1}}}},
-		colAttempts: {{Keys: bson.D{{Key: "instanceId", Value: 1}, {Key: "at", Value: -1}}}},
 	}
 	for col, models := range idx {
 		// Only missing indexes are created: FerretDB's sqlite handler
@@ -252,9 +247,6 @@ const (
 	colOAuthRequests = "oauth_requests"
 	colOAuthCodes    = "oauth_codes"
 	colRedemptions   = "oauth_redemptions"
-	colEvents        = "events"
-	colAttempts      = "delivery_attempts"
-	colQueue         = "delivery_queue"
 	colPollStates    = "poll_states"
 )
 

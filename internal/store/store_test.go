@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/store"
 	"github.com/leadstream/leadstream/internal/store/storetest"
 )
@@ -70,37 +69,5 @@ func TestUpdateInstanceSerialised(t *testing.T) {
 	}
 	if _, err := s.Instance(ctx, "o2", "i1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("other org sees the instance: %v", err)
-	}
-}
-
-// Batch inserts report a taken sequence number or id per event.
-func TestInsertEventsReportsDuplicates(t *testing.T) {
-	s := storetest.New(t)
-	ctx := context.Background()
-	ev := func(id string, seq int64, key string) *events.Event {
-		return &events.Event{ID: id, InstanceID: "i1", OrgID: "o1", Seq: seq, DedupeKey: key, Payload: events.JSON(`{"a":1}`)}
-	}
-	errs, err := s.InsertEvents(ctx, []*events.Event{ev("a", 1, "k1"), ev("b", 2, "k2")})
-	if err != nil || errs[0] != nil || errs[1] != nil {
-		t.Fatalf("first batch: %v %v", errs, err)
-	}
-	// c takes a used sequence number, a again is a used id; e is new.
-	errs, err = s.InsertEvents(ctx, []*events.Event{ev("c", 2, "k3"), ev("a", 3, "k1"), ev("e", 3, "k4")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !errors.Is(errs[0], store.ErrDuplicate) || !errors.Is(errs[1], store.ErrDuplicate) || errs[2] != nil {
-		t.Fatalf("errs = %v", errs)
-	}
-	max, err := s.MaxSeq(ctx, "i1")
-	if err != nil || max != 3 {
-		t.Fatalf("max=%d err=%v", max, err)
-	}
-	got, err := s.EventsAfter(ctx, "o1", "i1", 1, 10)
-	if err != nil || len(got) != 2 || got[0].Seq != 2 || got[1].Seq != 3 || string(got[0].Payload) != `{"a":1}` {
-		t.Fatalf("after 1: %+v %v", got, err)
-	}
-	if got, _ := s.EventsAfter(ctx, "o2", "i1", 0, 10); len(got) != 0 {
-		t.Fatalf("other org reads events: %d", len(got))
 	}
 }

@@ -1,0 +1,285 @@
+package eventlog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/leadstream/leadstream/internal/events"
+)
+
+// Callback deliveries: the durable consumer ConsumerNotify hands each event
+// with a callback (and each redelivery asked for) to one worker of one
+// replica at a time; the state of each event's delivery is a key in
+// BucketDelivery, written by the worker holding the job; attempts go to
+// StreamAttempts, the latest attemptsPerInstance per instance.
+
+// stateRecord is a delivery's state as kept in the bucket, with what finds
+// the event again.
+type stateRecord struct {
+	events.Delivery
+	Seq        int64  `json:"seq"`
+	OrgID      string `json:"orgId"`
+	InstanceID string `json:"instanceId"`
+}
+
+// redelivery is the body of an rd. message.
+type redelivery struct {
+	EventID string `json:"eventId"`
+	Seq     int64  `json:"seq"`
+	Gen     int    `json:"gen"`
+}
+
+type job struct {
+	ev  *events.Event
+	gen int
+	msg jetstream.Msg
+}
+
+func (j *job) Event() *events.Event        { return j.ev }
+func (j *job) Gen() int                    { return j.gen }
+func (j *job) InProgress() error           { return j.msg.InProgress() }
+func (j *job) Done() error                 { return j.msg.Ack() }
+func (j *job) Retry(d time.Duration) error { return j.msg.NakWithDelay(d) }
+func (j *job) Release() error              { return j.msg.Nak() }
+
+// initStates records a pending delivery state for newly appended events,
+// so that the event is found by id (redeliver, delivery state) before a
+// worker takes it. Only where no state exists yet: a worker may have been
+// faster. Failures are logged only; the worker writes the state anyway.
+func (l *Log) initStates(ctx context.Context, evs []*events.Event) {
+	if len(evs) == 0 {
+		return
+	}
+	futures := make([]jetstream.PubAckFuture, 0, len(evs))
+	for _, e := range evs {
+		m := nats.NewMsg("$KV." + BucketDelivery + "." + e.ID)
+		m.Data = mustJSON(stateRecord{Delivery: events.Delivery{State: events.DeliveryPending}, Seq: e.Seq, OrgID: e.OrgID, InstanceID: e.InstanceID})
+		f, err := l.js.PublishMsgAsync(m, jetstream.WithExpectLastSequencePerSubject(0))
+		if err != nil {
+			l.log.Warn("eventlog: recording pending deliveries", "err", err)
+			break
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			var apiErr *jetstream.APIError
+			if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+				l.log.Warn("eventlog: recording a pending delivery", "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// FetchDeliveries waits up to wait for at most n delivery jobs.
+func (l *Log) FetchDeliveries(ctx context.Context, n int, wait time.Duration) ([]events.DeliveryJob, error) {
+	fctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	batch, err := l.notify.Fetch(n, jetstream.FetchContext(fctx))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("eventlog: fetch deliveries: %w", err)
+	}
+	var out []events.DeliveryJob
+	for m := range batch.Messages() {
+		j, err := l.jobOf(ctx, m)
+		if err != nil {
+			l.log.Warn("eventlog: dropping an unreadable delivery", "err", err)
+			_ = m.Term()
+			continue
+		}
+		if j == nil {
+			_ = m.Ack() // the event is gone from the log
+			continue
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+func (l *Log) jobOf(ctx context.Context, m jetstream.Msg) (*job, error) {
+	md, err := m.Metadata()
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(m.Subject(), prefixRedeliver+".") {
+		var r redelivery
+		if err := json.Unmarshal(m.Data(), &r); err != nil {
+			return nil, err
+		}
+		ev, err := l.Event(ctx, uint64(r.Seq))
+		if err != nil || ev == nil {
+			return nil, err
+		}
+		return &job{ev: ev, gen: r.Gen, msg: m}, nil
+	}
+	ev, err := decode(md.Sequence.Stream, m.Data())
+	if err != nil {
+		return nil, err
+	}
+	return &job{ev: ev, msg: m}, nil
+}
+
+// DeliveryState returns an event's delivery state; ok is false when no
+// worker has recorded one yet.
+func (l *Log) DeliveryState(ctx context.Context, eventID string) (events.Delivery, bool, error) {
+	r, _, err := l.state(ctx, eventID)
+	if err != nil || r == nil {
+		return events.Delivery{}, false, err
+	}
+	return r.Delivery, true, nil
+}
+
+func (l *Log) state(ctx context.Context, eventID string) (*stateRecord, uint64, error) {
+	kv, err := l.states.Get(ctx, eventID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("eventlog: delivery state: %w", err)
+	}
+	var r stateRecord
+	if err := json.Unmarshal(kv.Value(), &r); err != nil {
+		return nil, 0, fmt.Errorf("eventlog: delivery state: %w", err)
+	}
+	return &r, kv.Revision(), nil
+}
+
+// SetDeliveryState records an event's delivery state. Only the worker
+// holding the event's job writes it.
+func (l *Log) SetDeliveryState(ctx context.Context, ev *events.Event, d events.Delivery) error {
+	b, _ := json.Marshal(stateRecord{Delivery: d, Seq: ev.Seq, OrgID: ev.OrgID, InstanceID: ev.InstanceID})
+	if _, err := l.states.Put(ctx, ev.ID, b); err != nil {
+		return fmt.Errorf("eventlog: set delivery state: %w", err)
+	}
+	return nil
+}
+
+// RecordAttempt keeps one delivery attempt.
+func (l *Log) RecordAttempt(ctx context.Context, a events.Attempt) error {
+	b, _ := json.Marshal(a)
+	if _, err := l.js.Publish(ctx, attemptSubject(a.InstanceID), b, jetstream.WithExpectStream(StreamAttempts)); err != nil {
+		return fmt.Errorf("eventlog: record attempt: %w", err)
+	}
+	return nil
+}
+
+// Attempts returns an instance's latest delivery attempts, newest first.
+// The log keeps a bounded number per instance, so this read is bounded too.
+func (l *Log) Attempts(ctx context.Context, instanceID string, limit int) ([]events.Attempt, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	cons, err := l.attempts.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject: attemptSubject(instanceID), DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: time.Minute, MemoryStorage: true, Replicas: 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: attempts: %w", err)
+	}
+	defer func() { _ = l.attempts.DeleteConsumer(context.WithoutCancel(ctx), cons.CachedInfo().Name) }()
+	n := cons.CachedInfo().NumPending
+	if n == 0 {
+		return nil, nil
+	}
+	batch, err := cons.Fetch(int(n), jetstream.FetchContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: attempts: %w", err)
+	}
+	var out []events.Attempt
+	for m := range batch.Messages() {
+		var a events.Attempt
+		if json.Unmarshal(m.Data(), &a) == nil {
+			out = append(out, a)
+		}
+	}
+	slices.Reverse(out)
+	// Equal times (a fake clock) keep their order by attempt number.
+	slices.SortStableFunc(out, func(a, b events.Attempt) int {
+		if c := b.At.Compare(a.At); c != 0 {
+			return c
+		}
+		return b.Attempt - a.Attempt
+	})
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// DeliveredEvent returns an organization's event that has a delivery
+// state, or events.ErrNoDelivery (never delivered yet, another
+// organization's, or gone from the log).
+func (l *Log) DeliveredEvent(ctx context.Context, orgID, eventID string) (*events.Event, error) {
+	r, _, err := l.state(ctx, eventID)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil || r.OrgID != orgID {
+		return nil, events.ErrNoDelivery
+	}
+	ev, err := l.Event(ctx, uint64(r.Seq))
+	if err != nil {
+		return nil, err
+	}
+	if ev == nil || ev.ID != eventID {
+		return nil, events.ErrNoDelivery
+	}
+	return ev, nil
+}
+
+// Redeliver queues an event for delivery again with a fresh set of
+// attempts. The state's revision is the claim: of two concurrent calls one
+// wins, the other is events.ErrDeliveryPending, as is an event whose
+// delivery is pending anyway.
+func (l *Log) Redeliver(ctx context.Context, ev *events.Event, now time.Time) error {
+	r, rev, err := l.state(ctx, ev.ID)
+	if err != nil {
+		return err
+	}
+	if r == nil {
+		return events.ErrNoDelivery
+	}
+	if r.State == events.DeliveryPending {
+		return events.ErrDeliveryPending
+	}
+	next := stateRecord{Delivery: events.Delivery{State: events.DeliveryPending, NextAttemptAt: &now, Gen: r.Gen + 1},
+		Seq: r.Seq, OrgID: r.OrgID, InstanceID: r.InstanceID}
+	if _, err := l.states.Update(ctx, ev.ID, mustJSON(next), rev); err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			return events.ErrDeliveryPending
+		}
+		return fmt.Errorf("eventlog: redeliver: %w", err)
+	}
+	m := nats.NewMsg(redeliverSubject(r.OrgID, r.InstanceID))
+	m.Data = mustJSON(redelivery{EventID: ev.ID, Seq: r.Seq, Gen: next.Gen})
+	if _, err := l.js.PublishMsg(ctx, m, jetstream.WithExpectStream(StreamEvents)); err != nil {
+		// Put the final state back, so the user can ask again. (A crash
+		// right here leaves the state pending with no job: a known limit.)
+		if _, rerr := l.states.Put(context.WithoutCancel(ctx), ev.ID, mustJSON(r)); rerr != nil {
+			l.log.Error("eventlog: redeliver: restoring the state failed", "event", ev.ID, "err", rerr)
+		}
+		return fmt.Errorf("eventlog: redeliver: %w", err)
+	}
+	return nil
+}
+
+func mustJSON(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}

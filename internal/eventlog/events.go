@@ -1,0 +1,338 @@
+package eventlog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/leadstream/leadstream/internal/events"
+)
+
+// Headers the log sets on event messages.
+const (
+	hdrPosFrom = "Leadstream-Poll-From"
+	hdrPosNext = "Leadstream-Poll-Next"
+	hdrPosSum  = "Leadstream-Poll-Ingested"
+)
+
+// meta is an event without its payload, as the first line of a message. The
+// payload follows the newline byte for byte (encoding/json would compact
+// and escape it).
+type meta struct {
+	ID         string        `json:"id"`
+	OrgID      string        `json:"o"`
+	InstanceID string        `json:"i"`
+	DedupeKey  string        `json:"k,omitempty"`
+	Source     events.Source `json:"s"`
+	EventType  string        `json:"et"`
+	ObjectType string        `json:"ot"`
+	ObjectID   *string       `json:"oid,omitempty"`
+	OccurredAt time.Time     `json:"at"`
+	ReceivedAt time.Time     `json:"rt"`
+	Notify     bool          `json:"n,omitempty"`
+}
+
+func encode(e *events.Event) []byte {
+	m, _ := json.Marshal(meta{e.ID, e.OrgID, e.InstanceID, e.DedupeKey, e.Source, e.EventType, e.ObjectType,
+		e.ObjectID, e.OccurredAt, e.ReceivedAt, e.Notify})
+	b := make([]byte, 0, len(m)+1+len(e.Payload))
+	b = append(b, m...)
+	b = append(b, '\n')
+	return append(b, e.Payload...)
+}
+
+func decode(seq uint64, data []byte) (*events.Event, error) {
+	i := bytes.IndexByte(data, '\n')
+	if i < 0 {
+		return nil, fmt.Errorf("eventlog: message %d is not an event", seq)
+	}
+	var m meta
+	if err := json.Unmarshal(data[:i], &m); err != nil {
+		return nil, fmt.Errorf("eventlog: message %d: %w", seq, err)
+	}
+	return &events.Event{
+		ID: m.ID, OrgID: m.OrgID, InstanceID: m.InstanceID, Seq: int64(seq), DedupeKey: m.DedupeKey,
+		Source: m.Source, EventType: m.EventType, ObjectType: m.ObjectType, ObjectID: m.ObjectID,
+		OccurredAt: m.OccurredAt, ReceivedAt: m.ReceivedAt, Notify: m.Notify,
+		Payload: events.JSON(bytes.Clone(data[i+1:])),
+	}, nil
+}
+
+func (l *Log) message(e *events.Event) *nats.Msg {
+	m := nats.NewMsg(eventSubject(e))
+	m.Data = encode(e)
+	m.Header.Set(jetstream.MsgIDHeader, e.ID)
+	return m
+}
+
+// Append appends one event and waits for the acknowledgement, setting its
+// Seq. Concurrent callers share the connection's writes: publishes are
+// asynchronous and acknowledged as they are stored.
+func (l *Log) Append(ctx context.Context, e *events.Event) (bool, error) {
+	f, err := l.js.PublishMsgAsync(l.message(e), jetstream.WithExpectStream(StreamEvents))
+	if err != nil {
+		return false, fmt.Errorf("eventlog: append: %w", err)
+	}
+	select {
+	case ack := <-f.Ok():
+		e.Seq = int64(ack.Sequence)
+		if e.Notify && !ack.Duplicate {
+			l.initStates(ctx, []*events.Event{e})
+		}
+		return ack.Duplicate, nil
+	case err := <-f.Err():
+		return false, fmt.Errorf("eventlog: append: %w", err)
+	case <-ctx.Done():
+		return false, fmt.Errorf("eventlog: append: %w", ctx.Err())
+	}
+}
+
+// batchAck is the acknowledgement of an atomic batch's commit.
+type batchAck struct {
+	Sequence uint64 `json:"seq"`
+	Count    uint64 `json:"count"`
+	Error    *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// AppendPage appends events as one atomic batch (JetStream stores all or
+// none of them, contiguously) and keeps pos on the last one. It sets each
+// event's Seq.
+func (l *Log) AppendPage(ctx context.Context, evs []*events.Event, pos events.Position) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	id := nuid.Next()
+	var commit *nats.Msg
+	for i, e := range evs {
+		m := l.message(e)
+		m.Header.Set("Nats-Batch-Id", id)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		if i < len(evs)-1 {
+			// No reply: the commit's answer covers the whole batch, and a
+			// lost message makes the commit fail.
+			if err := l.nc.PublishMsg(m); err != nil {
+				return fmt.Errorf("eventlog: append page: %w", err)
+			}
+			continue
+		}
+		m.Header.Set("Nats-Batch-Commit", "1")
+		if pos.From != "" || pos.Next != "" {
+			m.Header.Set(hdrPosFrom, pos.From)
+			m.Header.Set(hdrPosNext, pos.Next)
+			m.Header.Set(hdrPosSum, strconv.FormatInt(pos.Ingested, 10))
+		}
+		commit = m
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := l.nc.RequestMsgWithContext(rctx, commit)
+	if err != nil {
+		return fmt.Errorf("eventlog: append page: %w", err)
+	}
+	var ack batchAck
+	if err := json.Unmarshal(resp.Data, &ack); err != nil {
+		return fmt.Errorf("eventlog: append page: unreadable answer: %w", err)
+	}
+	if ack.Error != nil {
+		return fmt.Errorf("eventlog: append page: %s (%d)", ack.Error.Description, ack.Error.ErrCode)
+	}
+	if ack.Count != uint64(len(evs)) || ack.Sequence < ack.Count {
+		return fmt.Errorf("eventlog: append page: %d of %d events acknowledged", ack.Count, len(evs))
+	}
+	first := ack.Sequence - ack.Count + 1
+	var notify []*events.Event
+	for i, e := range evs {
+		e.Seq = int64(first) + int64(i)
+		if e.Notify {
+			notify = append(notify, e)
+		}
+	}
+	l.initStates(ctx, notify)
+	return nil
+}
+
+// LastPosition returns the position kept with the instance's last poller
+// page, if any.
+func (l *Log) LastPosition(ctx context.Context, orgID, instanceID string) (events.Position, bool, error) {
+	subj := prefixEvent + "." + token(orgID) + "." + token(instanceID) + "." + token(string(events.SourcePoller)) + ".>"
+	m, err := l.events.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return events.Position{}, false, nil
+	}
+	if err != nil {
+		return events.Position{}, false, fmt.Errorf("eventlog: last poller page: %w", err)
+	}
+	if m.Header.Get(hdrPosNext) == "" && m.Header.Get(hdrPosFrom) == "" {
+		return events.Position{}, false, nil
+	}
+	n, _ := strconv.ParseInt(m.Header.Get(hdrPosSum), 10, 64)
+	return events.Position{From: m.Header.Get(hdrPosFrom), Next: m.Header.Get(hdrPosNext), Ingested: n, Seq: int64(m.Sequence)}, true, nil
+}
+
+// Read returns up to limit events passing f with a sequence above after,
+// oldest first. The server filters by subject; when the filter is too wide
+// for that, by the closest subjects, and the rest is matched here. An after
+// older than the log keeps is a *events.CursorExpiredError.
+func (l *Log) Read(ctx context.Context, f events.Filter, after int64, limit int) ([]*events.Event, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	if after > 0 {
+		info, err := l.events.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read: %w", err)
+		}
+		// Sequences below FirstSeq are gone (by age): if after+1 is one
+		// of them, events after the cursor may be lost.
+		if first := info.State.FirstSeq; first > 1 && uint64(after)+1 < first {
+			return nil, &events.CursorExpiredError{Oldest: events.FormatCursor(int64(first) - 1)}
+		}
+	}
+	subs, coarse := filterSubjects(f)
+	out := make([]*events.Event, 0, min(limit, 512))
+	next := uint64(after) + 1
+	for len(out) < limit {
+		want := limit - len(out)
+		cons, err := l.events.CreateConsumer(ctx, jetstream.ConsumerConfig{
+			FilterSubjects:    subs,
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       next,
+			AckPolicy:         jetstream.AckNonePolicy,
+			InactiveThreshold: time.Minute,
+			MemoryStorage:     true,
+			Replicas:          1,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read: %w", err)
+		}
+		got, last, err := l.fetch(ctx, cons, want, f, coarse, &out)
+		_ = l.events.DeleteConsumer(context.WithoutCancel(ctx), cons.CachedInfo().Name)
+		if err != nil {
+			return nil, err
+		}
+		if got < want {
+			break // the end of the log
+		}
+		next = last + 1
+	}
+	return out, nil
+}
+
+// fetch reads up to n messages from a fresh consumer, appending the events
+// that pass f to out; it returns how many messages it read and the last
+// sequence.
+func (l *Log) fetch(ctx context.Context, cons jetstream.Consumer, n int, f events.Filter, coarse bool, out *[]*events.Event) (int, uint64, error) {
+	pending := cons.CachedInfo().NumPending
+	if pending == 0 {
+		return 0, 0, nil
+	}
+	n = int(min(uint64(n), pending))
+	batch, err := cons.Fetch(n, jetstream.FetchContext(ctx))
+	if err != nil {
+		return 0, 0, fmt.Errorf("eventlog: read: %w", err)
+	}
+	got, last := 0, uint64(0)
+	for m := range batch.Messages() {
+		md, err := m.Metadata()
+		if err != nil {
+			return 0, 0, fmt.Errorf("eventlog: read: %w", err)
+		}
+		got, last = got+1, md.Sequence.Stream
+		e, err := decode(last, m.Data())
+		if err != nil {
+			l.log.Warn("eventlog: skipping an unreadable message", "err", err)
+			continue
+		}
+		if !coarse || f.Match(e) {
+			*out = append(*out, e)
+		}
+	}
+	if err := batch.Error(); err != nil && got < n {
+		return 0, 0, fmt.Errorf("eventlog: read: %w", err)
+	}
+	return got, last, nil
+}
+
+// Event returns the event at seq, or nil when the log no longer has it.
+func (l *Log) Event(ctx context.Context, seq uint64) (*events.Event, error) {
+	m, err := l.events.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: event %d: %w", seq, err)
+	}
+	if len(m.Subject) < 3 || m.Subject[:3] != prefixEvent+"." {
+		return nil, nil
+	}
+	return decode(seq, m.Data)
+}
+
+// PurgeInstance removes an instance's events, redeliveries and attempts
+// from the log (a deleted instance).
+func (l *Log) PurgeInstance(ctx context.Context, instanceID string) error {
+	if err := l.events.Purge(ctx, jetstream.WithPurgeSubject(instanceEvents(instanceID))); err != nil {
+		return fmt.Errorf("eventlog: purge events: %w", err)
+	}
+	if err := l.events.Purge(ctx, jetstream.WithPurgeSubject(prefixRedeliver+".*."+token(instanceID))); err != nil {
+		return fmt.Errorf("eventlog: purge redeliveries: %w", err)
+	}
+	if err := l.attempts.Purge(ctx, jetstream.WithPurgeSubject(attemptSubject(instanceID))); err != nil {
+		return fmt.Errorf("eventlog: purge attempts: %w", err)
+	}
+	return nil
+}
+
+// Tail is the replica's one live reader of the log.
+type Tail struct {
+	cc jetstream.ConsumeContext
+}
+
+// StartTail hands every event appended from now on to fn, in log order,
+// until Stop; lag is how many messages the tail has yet to read. It returns
+// once the tail is in place: what is appended after that reaches fn.
+func (l *Log) StartTail(ctx context.Context, fn func(e *events.Event, lag uint64)) (*Tail, error) {
+	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{prefixEvent + ".>"},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: tail: %w", err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		e, err := decode(md.Sequence.Stream, m.Data())
+		if err != nil {
+			l.log.Warn("eventlog: tail skips an unreadable message", "err", err)
+			return
+		}
+		fn(e, md.NumPending)
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		l.log.Debug("eventlog: tail", "err", err)
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: tail: %w", err)
+	}
+	return &Tail{cc: cc}, nil
+}
+
+// Stop ends the tail and returns once fn is no longer called.
+func (t *Tail) Stop() {
+	t.cc.Stop()
+	<-t.cc.Closed()
+}
