@@ -125,11 +125,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	})
 	a.ingester = events.NewIngester(a.evlog, events.IngesterOptions{
 		Logger: log,
-		Appended: func(_ time.Duration, n int, src events.Source) {
-			for range n {
-				a.metrics.Ingested(string(src))
-			}
-		},
+		Appended: func(d time.Duration, n int, src events.Source) { a.metrics.Appended(d, n, string(src)) },
 	})
 	limits := marketo.NewLimits(marketo.DefaultMaxCalls, marketo.DefaultWindow, marketo.DefaultMaxConcurrent)
 	a.poller = poller.New(st, a.ingester, a.evlog, box, poller.Options{
@@ -138,6 +134,11 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		ObservePoll:   a.metrics.Poll,
 	})
 	a.metrics.Subscriptions(a.broker.Count)
+	a.metrics.PendingDeliveries(func() (int, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return a.evlog.PendingDeliveries(ctx)
+	})
 	ok = true
 	return a, nil
 }
@@ -183,7 +184,10 @@ func (a *App) Run(ctx context.Context, ready func(addr string)) error {
 	}
 	// The live tail is in place before the first request: whatever is
 	// appended from now on reaches this replica's subscribers.
-	tail, err := a.evlog.StartTail(ctx, func(e *events.Event, _ uint64) { a.broker.Publish(e) })
+	tail, err := a.evlog.StartTail(ctx, func(e *events.Event, lag uint64) {
+		a.broker.Publish(e)
+		a.metrics.TailLag(lag)
+	})
 	if err != nil {
 		return fmt.Errorf("app: %w", err)
 	}

@@ -283,3 +283,13 @@ func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
 }
+
+// PendingDeliveries counts the deliveries not finished: waiting to be
+// handed out, held by a worker, or waiting for a retry.
+func (l *Log) PendingDeliveries(ctx context.Context) (int, error) {
+	info, err := l.notify.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("eventlog: pending deliveries: %w", err)
+	}
+	return int(info.NumPending) + info.NumAckPending, nil
+}

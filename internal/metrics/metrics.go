@@ -21,18 +21,20 @@ type Metrics struct {
 	deliveries *prometheus.CounterVec
 	marketo    *prometheus.CounterVec
 	polls      *prometheus.HistogramVec
+	log        eventLogMetrics
 }
 
 // New registers the metrics.
 func New() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.webhooks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "leadstream_webhooks_total", Help: "Webhook requests by HTTP status."}, []string{"status"})
-	m.ingested = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "leadstream_events_ingested_total", Help: "Events stored, by source."}, []string{"source"})
+	m.ingested = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "leadstream_events_ingested_total", Help: "Events appended to the event log, by source."}, []string{"source"})
 	m.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "leadstream_delivery_attempts_total", Help: "Callback delivery attempts by outcome."}, []string{"outcome"})
 	m.marketo = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "leadstream_marketo_calls_total", Help: "Marketo API calls by path and result code."}, []string{"path", "result"})
 	m.polls = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "leadstream_poll_duration_seconds", Help: "Duration of Marketo polls.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 12)}, []string{"outcome"})
 	m.reg.MustRegister(m.webhooks, m.ingested, m.deliveries, m.marketo, m.polls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.log = newEventLogMetrics(m.reg)
 	// Series that exist from the start, so dashboards and rate() see zeros
 	// rather than nothing.
 	for _, s := range []string{"202", "400", "401", "404", "409", "413"} {
@@ -57,9 +59,6 @@ func (m *Metrics) Handler() http.Handler {
 
 // Webhook counts one webhook answer.
 func (m *Metrics) Webhook(status int) { m.webhooks.WithLabelValues(strconv.Itoa(status)).Inc() }
-
-// Ingested counts one stored event.
-func (m *Metrics) Ingested(source string) { m.ingested.WithLabelValues(source).Inc() }
 
 // Delivery counts one delivery outcome.
 func (m *Metrics) Delivery(outcome string) { m.deliveries.WithLabelValues(outcome).Inc() }
