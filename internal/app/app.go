@@ -124,7 +124,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		RetryBase: cfg.NotifyRetryBase, HTTPClient: a.httpc, Logger: log, Observe: a.metrics.Delivery,
 	})
 	a.ingester = events.NewIngester(a.evlog, events.IngesterOptions{
-		Logger: log,
+		Logger:   log,
 		Appended: func(d time.Duration, n int, src events.Source) { a.metrics.Appended(d, n, string(src)) },
 	})
 	limits := marketo.NewLimits(marketo.DefaultMaxCalls, marketo.DefaultWindow, marketo.DefaultMaxConcurrent)
