@@ -3,15 +3,20 @@ GO      ?= go
 CLIENTS := internal/e2e/clients
 PLAYGROUND := internal/playground
 
+# Development only: let Marketo URLs name the fake Marketo on 127.0.0.1 and
+# callbacks reach local receivers. Production leaves both unset (README,
+# "Security").
+DEV_EGRESS := MARKETO_HOSTS='*.mktorest.com,127.0.0.1,localhost' EGRESS_ALLOW=127.0.0.0/8,::1
+
 .PHONY: run demo fake-marketo test test-go clients browser-deps assets generate lint build bench
 
 ## run: start the gateway on the embedded store (./data), GraphiQL at http://localhost:8080/
 run:
-	$(GO) run .
+	$(DEV_EGRESS) $(GO) run .
 
 ## demo: the gateway plus a fake Marketo producing live lead activities
 demo:
-	$(GO) run . -demo
+	$(DEV_EGRESS) $(GO) run . -demo
 
 ## fake-marketo: only a fake Marketo on 127.0.0.1:9090, to provision against from `make run`
 fake-marketo:

@@ -18,6 +18,7 @@ import (
 	"github.com/leadstream/leadstream/internal/config"
 	"github.com/leadstream/leadstream/internal/connect"
 	"github.com/leadstream/leadstream/internal/connector"
+	"github.com/leadstream/leadstream/internal/egress"
 	"github.com/leadstream/leadstream/internal/eventlog"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/instance"
@@ -45,7 +46,7 @@ type App struct {
 	connect   *connect.Service
 	conns     *connector.Registry
 	metrics   *metrics.Metrics
-	httpc     *http.Client
+	egress    *egress.Client
 	ln        net.Listener
 
 	// wsConns are the goroutines serving websocket connections.
@@ -75,10 +76,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		}
 	}()
 	a.streams, a.endStreams = context.WithCancel(context.Background())
-	a.httpc = &http.Client{Transport: &http.Transport{
-		Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second,
-		TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 30 * time.Second,
-	}}
+	a.egress = egress.New(egress.Policy{MarketoHosts: cfg.MarketoHosts, Allow: cfg.EgressAllow})
 	key := cfg.SecretKey
 	if key == nil {
 		if key, err = secrets.LoadOrCreateKey(cfg.DataDir); err != nil {
@@ -115,13 +113,13 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		return nil, fmt.Errorf("app: %w", err)
 	}
 	verify := func(ctx context.Context, c marketo.Credentials) error {
-		return marketo.VerifyCredentials(ctx, c, a.httpc)
+		return marketo.VerifyCredentials(ctx, c, a.egress.Marketo())
 	}
 	a.broker = events.NewBroker(cfg.SubscriptionBuffer)
-	a.connect = connect.New(st, box, a.conns, cfg.PublicURL, verify, log)
-	a.instances = instance.NewService(instanceStore{st, a.evlog}, box, a.conns, a.connect, verify, cfg.PublicURL, log, a.instanceChanged)
+	a.connect = connect.New(st, box, a.conns, cfg.PublicURL, verify, a.egress, cfg.Limits.ConnectLinksPerOrg, log)
+	a.instances = instance.NewService(instanceStore{st, a.evlog}, box, a.conns, a.connect, verify, a.egress, cfg.PublicURL, log, a.instanceChanged)
 	a.notifier = notify.New(a.evlog, a.instances, notify.Options{
-		RetryBase: cfg.NotifyRetryBase, HTTPClient: a.httpc, Logger: log, Observe: a.metrics.Delivery,
+		RetryBase: cfg.NotifyRetryBase, HTTPClient: a.egress.Callbacks(), Logger: log, Observe: a.metrics.Delivery,
 	})
 	a.ingester = events.NewIngester(a.evlog, events.IngesterOptions{
 		Logger:   log,
@@ -130,7 +128,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	limits := marketo.NewLimits(marketo.DefaultMaxCalls, marketo.DefaultWindow, marketo.DefaultMaxConcurrent)
 	a.poller = poller.New(st, a.ingester, a.evlog, box, poller.Options{
 		MinInterval: cfg.PollerMinInterval, Limits: limits, Logger: log,
-		ClientOptions: marketo.Options{HTTPClient: a.httpc, Logger: log, Observe: a.metrics.MarketoCall},
+		ClientOptions: marketo.Options{HTTPClient: a.egress.Marketo(), Logger: log, Observe: a.metrics.MarketoCall},
 		ObservePoll:   a.metrics.Poll,
 	})
 	a.metrics.Subscriptions(a.broker.Count)

@@ -40,6 +40,8 @@ func runDemo(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) e
 	fm := marketotest.New()
 	defer fm.Close()
 	fm.AddClient(demoClientID, demoClientSecret)
+	// The fake runs on loopback, which MARKETO_HOSTS leaves out by default.
+	cfg.MarketoHosts = append(cfg.MarketoHosts, "127.0.0.1")
 
 	a, err := New(ctx, cfg, stdout, stderr)
 	if err != nil {

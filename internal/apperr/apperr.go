@@ -16,6 +16,11 @@ const (
 	BadUserInput    = "BAD_USER_INPUT"
 	Upstream        = "UPSTREAM_ERROR"
 	Internal        = "INTERNAL"
+	// LimitExceeded: a request too large, deep or costly, or a cap on
+	// connections or subscriptions reached; the message names the limit.
+	LimitExceeded = "LIMIT_EXCEEDED"
+	// RateLimited: too many failed attempts from one address; retry later.
+	RateLimited = "RATE_LIMITED"
 	// SlowSubscriber ends a subscription that fell behind; extensions.lastCursor says where to resume.
 	SlowSubscriber = "SLOW_SUBSCRIBER"
 	// Ended ends a subscription whose instance was deleted or disabled.

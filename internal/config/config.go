@@ -5,11 +5,18 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/leadstream/leadstream/internal/egress"
 )
+
+// MinSecretLen is the shortest organization or user secret accepted from
+// the environment: anything shorter is guessable.
+const MinSecretLen = 16
 
 // Config is every setting the gateway reads from its environment.
 type Config struct {
@@ -37,6 +44,52 @@ type Config struct {
 	NATSCreds string
 	// EventsMaxAge is how long the event log keeps events.
 	EventsMaxAge time.Duration
+	// MarketoHosts (MARKETO_HOSTS) are the hosts Marketo URLs may name.
+	MarketoHosts []string
+	// EgressAllow (EGRESS_ALLOW) are internal ranges callbacks may reach.
+	EgressAllow []netip.Prefix
+	Limits      Limits
+}
+
+// Limits bound what one client or organization can make the gateway do.
+type Limits struct {
+	// MaxBodyBytes bounds a GraphQL request body (GRAPHQL_MAX_BODY_BYTES).
+	MaxBodyBytes int64
+	// MaxTokens bounds the tokens the parser reads (GRAPHQL_MAX_TOKENS).
+	MaxTokens int
+	// MaxDepth bounds how deeply selections nest (GRAPHQL_MAX_DEPTH).
+	MaxDepth int
+	// MaxFields bounds the fields, aliases included, of one selection set
+	// after fragments are spread (GRAPHQL_MAX_FIELDS).
+	MaxFields int
+	// MaxComplexity bounds gqlgen's complexity of an operation (GRAPHQL_MAX_COMPLEXITY).
+	MaxComplexity int
+	// OperationTimeout bounds a query or mutation (GRAPHQL_TIMEOUT).
+	OperationTimeout time.Duration
+	// ReadTimeout bounds receiving a request's headers and body (REQUEST_READ_TIMEOUT).
+	ReadTimeout time.Duration
+	// SubscriptionsPerConnection caps one websocket's subscriptions.
+	SubscriptionsPerConnection int
+	// WebsocketsPerOrg and SSEPerOrg cap an organization's streams.
+	WebsocketsPerOrg int
+	SSEPerOrg        int
+	// AuthFailures failed authentications from one address within
+	// AuthFailureWindow block that address for the rest of the window.
+	AuthFailures      int
+	AuthFailureWindow time.Duration
+	// ConnectLinksPerOrg caps an organization's pending connect links.
+	ConnectLinksPerOrg int
+}
+
+// DefaultLimits are generous for real use and small enough to keep one
+// client from taking the gateway down.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxBodyBytes: 1 << 20, MaxTokens: 15000, MaxDepth: 15, MaxFields: 200, MaxComplexity: 5000,
+		OperationTimeout: 30 * time.Second, ReadTimeout: 30 * time.Second,
+		SubscriptionsPerConnection: 100, WebsocketsPerOrg: 1000, SSEPerOrg: 200,
+		AuthFailures: 20, AuthFailureWindow: time.Minute, ConnectLinksPerOrg: 100,
+	}
 }
 
 // Load reads the configuration through getenv. A bad value is reported as an
@@ -50,6 +103,7 @@ func Load(getenv func(string) string) (Config, error) {
 		NotifyRetryBase:    4 * time.Second,
 		SubscriptionBuffer: 256,
 		EventsMaxAge:       720 * time.Hour,
+		Limits:             DefaultLimits(),
 	}
 	port := "8080"
 	if v := getenv("PORT"); v != "" {
@@ -101,7 +155,25 @@ func Load(getenv func(string) string) (Config, error) {
 	if (c.OrgSecret == "") != (c.UserSecret == "") {
 		return c, fmt.Errorf("config: ORGANIZATION_SECRET and USER_SECRET must be set together")
 	}
+	for _, s := range [][2]string{{"ORGANIZATION_SECRET", c.OrgSecret}, {"USER_SECRET", c.UserSecret}} {
+		if s[1] != "" && len(s[1]) < MinSecretLen {
+			return c, fmt.Errorf("config: %s is shorter than %d characters; use a long random value", s[0], MinSecretLen)
+		}
+	}
+	hosts := getenv("MARKETO_HOSTS")
+	if hosts == "" {
+		hosts = egress.DefaultMarketoHosts
+	}
 	var err error
+	if c.MarketoHosts, err = egress.ParseHosts(hosts); err != nil {
+		return c, fmt.Errorf("config: MARKETO_HOSTS: %w", err)
+	}
+	if c.EgressAllow, err = egress.ParseAllow(getenv("EGRESS_ALLOW")); err != nil {
+		return c, fmt.Errorf("config: EGRESS_ALLOW: %w", err)
+	}
+	if err := c.Limits.load(getenv); err != nil {
+		return c, err
+	}
 	if c.PollerMinInterval, err = duration(getenv, "POLLER_MIN_INTERVAL", c.PollerMinInterval); err != nil {
 		return c, err
 	}
@@ -161,4 +233,55 @@ func duration(getenv func(string) string, name string, def time.Duration) (time.
 		return def, fmt.Errorf("config: %s=%q is not a positive duration such as 30s", name, v)
 	}
 	return d, nil
+}
+
+func (l *Limits) load(getenv func(string) string) error {
+	ints := []struct {
+		name string
+		v    *int
+		max  int
+	}{
+		{"GRAPHQL_MAX_TOKENS", &l.MaxTokens, 1 << 24},
+		{"GRAPHQL_MAX_DEPTH", &l.MaxDepth, 1000},
+		{"GRAPHQL_MAX_FIELDS", &l.MaxFields, 1 << 20},
+		{"GRAPHQL_MAX_COMPLEXITY", &l.MaxComplexity, 1 << 30},
+		{"SUBSCRIPTIONS_PER_CONNECTION", &l.SubscriptionsPerConnection, 1 << 20},
+		{"WEBSOCKETS_PER_ORGANIZATION", &l.WebsocketsPerOrg, 1 << 24},
+		{"SSE_PER_ORGANIZATION", &l.SSEPerOrg, 1 << 24},
+		{"AUTH_FAILURES_PER_ADDRESS", &l.AuthFailures, 1 << 24},
+		{"CONNECT_LINKS_PER_ORGANIZATION", &l.ConnectLinksPerOrg, 1 << 24},
+	}
+	for _, f := range ints {
+		if err := positive(getenv, f.name, f.v, f.max); err != nil {
+			return err
+		}
+	}
+	body := int(l.MaxBodyBytes)
+	if err := positive(getenv, "GRAPHQL_MAX_BODY_BYTES", &body, 1<<30); err != nil {
+		return err
+	}
+	l.MaxBodyBytes = int64(body)
+	var err error
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+	}{{"GRAPHQL_TIMEOUT", &l.OperationTimeout}, {"REQUEST_READ_TIMEOUT", &l.ReadTimeout}, {"AUTH_FAILURE_WINDOW", &l.AuthFailureWindow}} {
+		if *d.v, err = duration(getenv, d.name, *d.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func positive(getenv func(string) string, name string, v *int, maxV int) error {
+	s := getenv(name)
+	if s == "" {
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > maxV {
+		return fmt.Errorf("config: %s=%q is not a whole number from 1 to %d", name, s, maxV)
+	}
+	*v = n
+	return nil
 }

@@ -15,7 +15,8 @@ func TestLoad(t *testing.T) {
 	}{
 		{name: "defaults", env: nil, check: func(t *testing.T, c Config) {
 			if c.ListenAddr != ":8080" || c.PublicURL != "http://localhost:8080" || c.DataDir != "./data" ||
-				c.MongoDatabase != "leadstream" || c.PollerMinInterval != 30*time.Second || c.NotifyRetryBase != 4*time.Second {
+				c.MongoDatabase != "leadstream" || c.PollerMinInterval != 30*time.Second || c.NotifyRetryBase != 4*time.Second ||
+				len(c.MarketoHosts) != 1 || c.MarketoHosts[0] != "*.mktorest.com" || len(c.EgressAllow) != 0 {
 				t.Fatalf("defaults wrong: %+v", c)
 			}
 		}},
@@ -44,6 +45,17 @@ func TestLoad(t *testing.T) {
 		{name: "bad retry base", env: map[string]string{"NOTIFY_RETRY_BASE": "-1s"}, wantErr: "NOTIFY_RETRY_BASE"},
 		{name: "bad log level", env: map[string]string{"LOG_LEVEL": "loud"}, wantErr: "LOG_LEVEL"},
 		{name: "bad log format", env: map[string]string{"LOG_FORMAT": "xml"}, wantErr: "LOG_FORMAT"},
+		{name: "short organization secret", env: map[string]string{"ORGANIZATION_SECRET": "org_a", "USER_SECRET": "usr_long_enough_secret"}, wantErr: "ORGANIZATION_SECRET is shorter than 16"},
+		{name: "short user secret", env: map[string]string{"ORGANIZATION_SECRET": "org_long_enough_secret", "USER_SECRET": "usr_b"}, wantErr: "USER_SECRET is shorter than 16"},
+		{name: "bad marketo hosts", env: map[string]string{"MARKETO_HOSTS": "https://x/y"}, wantErr: "MARKETO_HOSTS"},
+		{name: "bad egress allow", env: map[string]string{"EGRESS_ALLOW": "local"}, wantErr: "EGRESS_ALLOW"},
+		{name: "bad limit", env: map[string]string{"GRAPHQL_MAX_DEPTH": "0"}, wantErr: "GRAPHQL_MAX_DEPTH"},
+		{name: "bad timeout", env: map[string]string{"GRAPHQL_TIMEOUT": "forever"}, wantErr: "GRAPHQL_TIMEOUT"},
+		{name: "egress and limits", env: map[string]string{"MARKETO_HOSTS": "127.0.0.1, *.mktorest.com", "EGRESS_ALLOW": "127.0.0.0/8", "SSE_PER_ORGANIZATION": "7"}, check: func(t *testing.T, c Config) {
+			if len(c.MarketoHosts) != 2 || len(c.EgressAllow) != 1 || c.Limits.SSEPerOrg != 7 || c.Limits.MaxBodyBytes != 1<<20 {
+				t.Fatalf("got %v %v %+v", c.MarketoHosts, c.EgressAllow, c.Limits)
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,20 @@ type Store interface {
 	InsertOAuthCode(ctx context.Context, c store.OAuthCode) error
 	OAuthCode(ctx context.Context, orgID, hash string, now time.Time) (store.OAuthCode, error)
 	RedeemOAuthCode(ctx context.Context, hash string, now time.Time) error
+	ClaimOAuth(ctx context.Context, key string, expiresAt time.Time) error
+	DeleteOAuthRequest(ctx context.Context, id string) error
+	CountOAuthRequests(ctx context.Context, orgID string, now time.Time) (int64, error)
+}
+
+// MaxChecks is how many credential checks one connect link allows: each
+// is a request to Marketo that an unauthenticated holder of the link
+// causes.
+const MaxChecks = 5
+
+// MarketoURLs says which identity and REST URLs may be used
+// (internal/egress); the error's text says why not.
+type MarketoURLs interface {
+	CheckMarketoURL(raw string) error
 }
 
 // Verifier checks Marketo credentials with one token request.
@@ -44,13 +58,17 @@ type Service struct {
 	conns     *connector.Registry
 	publicURL string
 	verify    Verifier
-	log       *slog.Logger
-	now       func() time.Time
+	urls      MarketoURLs
+	// maxPending caps an organization's pending links.
+	maxPending int
+	log        *slog.Logger
+	now        func() time.Time
 }
 
-// New returns the connect flow; publicURL prefixes every URL it hands out.
-func New(s Store, box *secrets.Box, conns *connector.Registry, publicURL string, verify Verifier, log *slog.Logger) *Service {
-	return &Service{store: s, box: box, conns: conns, publicURL: publicURL, verify: verify, log: log, now: time.Now}
+// New returns the connect flow; publicURL prefixes every URL it hands out,
+// and an organization holds at most maxPending unexpired links.
+func New(s Store, box *secrets.Box, conns *connector.Registry, publicURL string, verify Verifier, urls MarketoURLs, maxPending int, log *slog.Logger) *Service {
+	return &Service{store: s, box: box, conns: conns, publicURL: publicURL, verify: verify, urls: urls, maxPending: maxPending, log: log, now: time.Now}
 }
 
 // URLRequest is the oauthUrl mutation's input.
@@ -70,6 +88,15 @@ func (s *Service) CreateURL(ctx context.Context, orgID string, in URLRequest) (s
 			Invalid: map[string]string{"callbackUrl": "must be an absolute http(s) URL"}}
 	}
 	now := s.now().UTC()
+	// Counted before the insert, so concurrent calls may pass the cap by a
+	// few; it bounds the collection, it is not an exact quota.
+	n, err := s.store.CountOAuthRequests(ctx, orgID, now)
+	if err != nil {
+		return "", fmt.Errorf("connect: %w", err)
+	}
+	if n >= int64(s.maxPending) {
+		return "", apperr.New(apperr.LimitExceeded, "this organization already has %d pending connect links, the limit (CONNECT_LINKS_PER_ORGANIZATION); wait until one is used or expires (10 minutes)", n)
+	}
 	r := store.OAuthRequest{
 		ID: secrets.Token("", 24), OrgID: orgID, ConnectorKey: in.ConnectorKey,
 		CallbackURL: in.CallbackURL, State: in.State, CreatedAt: now, ExpiresAt: now.Add(RequestTTL),
@@ -127,4 +154,39 @@ func (s *Service) issueCode(ctx context.Context, r store.OAuthRequest, cfg []sto
 		return "", fmt.Errorf("connect: %w", err)
 	}
 	return code, nil
+}
+
+// errLinkUsed means the link issued its code, was cancelled, or used up
+// its credential checks.
+var errLinkUsed = errors.New("connect: link used up")
+
+// claimCheck takes one of the link's credential checks.
+func (s *Service) claimCheck(ctx context.Context, r store.OAuthRequest) error {
+	for i := 1; i <= MaxChecks; i++ {
+		err := s.store.ClaimOAuth(ctx, fmt.Sprintf("check:%s:%d", r.ID, i), r.ExpiresAt)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, store.ErrDuplicate) {
+			return fmt.Errorf("connect: %w", err)
+		}
+	}
+	return errLinkUsed
+}
+
+// consume uses the link up, once: of concurrent posts only one issues a
+// code (or cancels). The link itself is deleted after, so it shows as
+// used; should the delete fail, the claim still refuses a second use.
+func (s *Service) consume(ctx context.Context, r store.OAuthRequest) error {
+	err := s.store.ClaimOAuth(ctx, "used:"+r.ID, r.ExpiresAt)
+	if errors.Is(err, store.ErrDuplicate) {
+		return errLinkUsed
+	}
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	if err := s.store.DeleteOAuthRequest(ctx, r.ID); err != nil {
+		s.log.Warn("connect: delete used link", "err", err)
+	}
+	return nil
 }

@@ -13,18 +13,22 @@ import (
 	"time"
 
 	"github.com/leadstream/leadstream/internal/connector"
+	"github.com/leadstream/leadstream/internal/egress"
 	"github.com/leadstream/leadstream/internal/marketo"
 	"github.com/leadstream/leadstream/internal/secrets"
 	"github.com/leadstream/leadstream/internal/store"
 	"github.com/leadstream/leadstream/internal/store/storetest"
 )
 
+// testHosts stands in for MARKETO_HOSTS.
+var testHosts = egress.New(egress.Policy{MarketoHosts: []string{"m.example.com"}})
+
 // Codes expire, belong to one organization, and are used once.
 func TestCodeExpiryOwnershipAndSingleUse(t *testing.T) {
 	st := storetest.New(t)
 	box, _ := secrets.NewBox(bytes.Repeat([]byte{7}, 32))
 	ok := func(context.Context, marketo.Credentials) error { return nil }
-	s := New(st, box, connector.Default(), "http://gw", ok, slog.New(slog.DiscardHandler))
+	s := New(st, box, connector.Default(), "http://gw", ok, testHosts, 100, slog.New(slog.DiscardHandler))
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	s.now = func() time.Time { return now }
 	ctx := context.Background()
@@ -84,7 +88,7 @@ func TestCodeExpiryOwnershipAndSingleUse(t *testing.T) {
 func TestCreateURLValidates(t *testing.T) {
 	st := storetest.New(t)
 	box, _ := secrets.NewBox(bytes.Repeat([]byte{7}, 32))
-	s := New(st, box, connector.Default(), "https://gw.example.com", nil, slog.New(slog.DiscardHandler))
+	s := New(st, box, connector.Default(), "https://gw.example.com", nil, testHosts, 100, slog.New(slog.DiscardHandler))
 	ctx := context.Background()
 	for _, tt := range []struct {
 		key, cb string
@@ -112,7 +116,7 @@ func TestPageRefusesForgedPosts(t *testing.T) {
 	box, _ := secrets.NewBox(bytes.Repeat([]byte{7}, 32))
 	verified := 0
 	verify := func(context.Context, marketo.Credentials) error { verified++; return nil }
-	s := New(st, box, connector.Default(), "http://gw.example.com", verify, slog.New(slog.DiscardHandler))
+	s := New(st, box, connector.Default(), "http://gw.example.com", verify, testHosts, 100, slog.New(slog.DiscardHandler))
 	ctx := context.Background()
 	pageURL, err := s.CreateURL(ctx, "orgA", URLRequest{ConnectorKey: "marketo", CallbackURL: "https://app.example.com/cb"})
 	if err != nil {
@@ -169,7 +173,7 @@ func TestPageUsesCredentialsFromOAuthURL(t *testing.T) {
 	box, _ := secrets.NewBox(bytes.Repeat([]byte{7}, 32))
 	var checked marketo.Credentials
 	verify := func(_ context.Context, c marketo.Credentials) error { checked = c; return nil }
-	s := New(st, box, connector.Default(), "http://gw.example.com", verify, slog.New(slog.DiscardHandler))
+	s := New(st, box, connector.Default(), "http://gw.example.com", verify, testHosts, 100, slog.New(slog.DiscardHandler))
 	ctx := context.Background()
 	pageURL, err := s.CreateURL(ctx, "orgA", URLRequest{ConnectorKey: "marketo", CallbackURL: "https://app.example.com/cb",
 		APIKey: "given-id", APISecret: "given-secret"})

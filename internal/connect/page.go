@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/leadstream/leadstream/internal/egress"
 	"github.com/leadstream/leadstream/internal/instance"
 	"github.com/leadstream/leadstream/internal/marketo"
 	"github.com/leadstream/leadstream/internal/secrets"
@@ -44,8 +45,8 @@ small{color:#5b6577}.err{background:#fde8e8;border:1px solid #f5b5b5;padding:.75
 .primary{background:#2b59c3;color:#fff}.secondary{background:#fff;color:#2b59c3}
 </style></head><body><main>
 {{if .Expired}}
-<h1>This connect link has expired</h1>
-<p>Connect links work for 10 minutes and only once. Start again from the application that sent you here.</p>
+<h1>This connect link was used or has expired</h1>
+<p>Connect links work for 10 minutes, once, and for a few tries of the credentials. Start again from the application that sent you here.</p>
 {{else}}
 <h1>Connect your Marketo instance</h1>
 <p><small>Find these values in Marketo under Admin → Integration → Web Services (REST API) and Admin → LaunchPoint (API user).
@@ -134,6 +135,9 @@ func (s *Service) post(w http.ResponseWriter, r *http.Request, req store.OAuthRe
 	}
 	data.CSRF = r.PostFormValue("csrf")
 	if r.PostFormValue("action") == "cancel" {
+		if !s.use(w, r, req, s.consume(r.Context(), req)) {
+			return
+		}
 		s.redirect(w, r, req, url.Values{"error": {"access_denied"}})
 		return
 	}
@@ -156,10 +160,11 @@ func (s *Service) post(w http.ResponseWriter, r *http.Request, req store.OAuthRe
 		}
 	}
 	var problems []string
+	// Checked before any request: the credentials (perhaps given to
+	// oauthUrl by the application, not typed here) only go to Marketo.
 	for _, f := range []struct{ name, v string }{{"Identity URL", creds.IdentityURL}, {"REST API URL", creds.RESTURL}} {
-		u, err := url.Parse(f.v)
-		if err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			problems = append(problems, f.name+" must be an absolute http(s) URL")
+		if err := s.urls.CheckMarketoURL(f.v); err != nil {
+			problems = append(problems, f.name+" "+err.Error())
 		}
 	}
 	if creds.ClientID == "" || creds.ClientSecret == "" {
@@ -170,12 +175,19 @@ func (s *Service) post(w http.ResponseWriter, r *http.Request, req store.OAuthRe
 		s.render(w, http.StatusUnprocessableEntity, data)
 		return
 	}
+	if !s.use(w, r, req, s.claimCheck(r.Context(), req)) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
 	defer cancel()
 	if err := s.verify(ctx, creds); err != nil {
 		data.Error = VerifyMessage(err)
-		s.log.Info("connect page: credentials refused", "request", req.ID, "err", err)
+		// The request id is a bearer token for the page: never logged.
+		s.log.Info("connect page: credentials not confirmed", "err", err)
 		s.render(w, http.StatusUnprocessableEntity, data)
+		return
+	}
+	if !s.use(w, r, req, s.consume(r.Context(), req)) {
 		return
 	}
 	cfg := []store.ConfigEntry{
@@ -193,13 +205,30 @@ func (s *Service) post(w http.ResponseWriter, r *http.Request, req store.OAuthRe
 	s.redirect(w, r, req, url.Values{"code": {code}})
 }
 
+// use answers a claim on the link: true to go on; otherwise the page or an
+// error has been written.
+func (s *Service) use(w http.ResponseWriter, r *http.Request, req store.OAuthRequest, err error) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errLinkUsed):
+		s.render(w, http.StatusGone, pageData{Expired: true})
+	default:
+		s.log.Error("connect page: claim link", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+	}
+	return false
+}
+
 // VerifyMessage explains a failed credential check to a person.
 func VerifyMessage(err error) string {
 	switch {
 	case errors.Is(err, marketo.ErrInvalidCredentials):
 		return "Marketo refused these credentials. Check the client ID, the client secret and the Identity URL."
+	case errors.Is(err, egress.ErrForbiddenHost):
+		return "The Identity URL does not name an allowed Marketo host."
 	case errors.Is(err, marketo.ErrUnreachable), errors.Is(err, context.DeadlineExceeded):
-		return "Marketo could not be reached at the Identity URL. Check the URL and try again."
+		return "Marketo could not be reached at the Identity URL (" + egress.Describe(err) + "). Check the URL and try again."
 	default:
 		return "Marketo did not confirm the credentials (it may be busy). Try again in a moment."
 	}

@@ -28,7 +28,7 @@ type gatewayProc struct {
 	mu   *sync.Mutex
 }
 
-const procAuth = "User usr_proc_secret, Organization org_proc_secret"
+const procAuth = "User usr_proc_secret_1, Organization org_proc_secret_1"
 
 var buildOnce sync.Once
 var builtBinary string
@@ -58,7 +58,8 @@ func startProc(t *testing.T, dataDir, addr string) *gatewayProc {
 	t.Helper()
 	cmd := exec.Command(gatewayBinary(t))
 	cmd.Env = append(os.Environ(), "DATA_DIR="+dataDir, "LISTEN_ADDR="+addr, "PUBLIC_URL=http://"+addr,
-		"ORGANIZATION_SECRET=org_proc_secret", "USER_SECRET=usr_proc_secret",
+		"ORGANIZATION_SECRET=org_proc_secret_1", "USER_SECRET=usr_proc_secret_1",
+		"MARKETO_HOSTS=127.0.0.1", "EGRESS_ALLOW=127.0.0.0/8",
 		"POLLER_MIN_INTERVAL=50ms", "LOG_LEVEL=info")
 	p := &gatewayProc{cmd: cmd, url: "http://" + addr, logs: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	stderr, _ := cmd.StderrPipe()

@@ -42,6 +42,14 @@ type Codes interface {
 // Verifier checks Marketo credentials with one token request.
 type Verifier func(ctx context.Context, c marketo.Credentials) error
 
+// URLPolicy says which URLs may be configured (internal/egress): Marketo
+// URLs must name an allowed Marketo host, callback URLs must not name an
+// internal address. The error's text says why, for the person.
+type URLPolicy interface {
+	CheckMarketoURL(raw string) error
+	CheckCallbackURL(raw string) error
+}
+
 // Service provisions and changes instances.
 type Service struct {
 	store     Store
@@ -49,6 +57,7 @@ type Service struct {
 	conns     *connector.Registry
 	codes     Codes
 	verify    Verifier
+	urls      URLPolicy
 	publicURL string
 	log       *slog.Logger
 	// OnChange is told after an instance was created, changed (in != nil)
@@ -71,11 +80,11 @@ type cacheEntry struct {
 const cacheTTL = 10 * time.Second
 
 // NewService returns the instance service.
-func NewService(s Store, box *secrets.Box, conns *connector.Registry, codes Codes, verify Verifier, publicURL string, log *slog.Logger, onChange func(string, *store.Instance)) *Service {
+func NewService(s Store, box *secrets.Box, conns *connector.Registry, codes Codes, verify Verifier, urls URLPolicy, publicURL string, log *slog.Logger, onChange func(string, *store.Instance)) *Service {
 	if onChange == nil {
 		onChange = func(string, *store.Instance) {}
 	}
-	return &Service{store: s, box: box, conns: conns, codes: codes, verify: verify, publicURL: publicURL, log: log, onChange: onChange, cache: map[string]cacheEntry{}}
+	return &Service{store: s, box: box, conns: conns, codes: codes, verify: verify, urls: urls, publicURL: publicURL, log: log, onChange: onChange, cache: map[string]cacheEntry{}}
 }
 
 // CreateInput is the createInstance mutation's input.
@@ -131,7 +140,7 @@ func (s *Service) Create(ctx context.Context, orgID string, in CreateInput) (Cre
 			cfg[k] = v
 		}
 	}
-	if err := validate(cfg); err != nil {
+	if err := s.validate(cfg); err != nil {
 		return Created{}, err
 	}
 	if in.Code == "" {
@@ -186,7 +195,7 @@ func (s *Service) Update(ctx context.Context, orgID, id string, in UpdateInput) 
 	if err != nil {
 		return store.Instance{}, err
 	}
-	if err := validate(merged); err != nil {
+	if err := s.validate(merged); err != nil {
 		return store.Instance{}, err
 	}
 	credsChanged := false
@@ -443,8 +452,10 @@ func (s *Service) seal(cfg map[string]*string) []store.ConfigEntry {
 	return out
 }
 
-// validate reports every missing and every malformed key at once.
-func validate(cfg map[string]*string) error {
+// validate reports every missing and every malformed key at once, before
+// any request is made: Marketo URLs must name an allowed Marketo host, so
+// credentials never go anywhere else.
+func (s *Service) validate(cfg map[string]*string) error {
 	var missing []string
 	for _, k := range RequiredKeys {
 		if val(cfg, k) == "" {
@@ -453,10 +464,23 @@ func validate(cfg map[string]*string) error {
 	}
 	invalid := map[string]string{}
 	for _, k := range []string{KeyIdentityURL, KeyRESTURL, KeyOAuthCallback, KeyCallbackURL} {
-		if v := val(cfg, k); v != "" {
+		v := val(cfg, k)
+		if v == "" {
+			continue
+		}
+		var err error
+		switch k {
+		case KeyIdentityURL, KeyRESTURL:
+			err = s.urls.CheckMarketoURL(v)
+		case KeyCallbackURL:
+			err = s.urls.CheckCallbackURL(v)
+		default:
 			if why := checkURL(k, v); why != "" {
 				invalid[k] = why
 			}
+		}
+		if err != nil {
+			invalid[k] = k + " " + err.Error()
 		}
 	}
 	if v := val(cfg, KeyEventsEnabled); v != "" && v != "true" && v != "false" {

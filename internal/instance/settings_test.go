@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/leadstream/leadstream/internal/apperr"
+	"github.com/leadstream/leadstream/internal/egress"
 	"github.com/leadstream/leadstream/internal/secrets"
 	"github.com/leadstream/leadstream/internal/store"
 )
@@ -77,17 +78,19 @@ func TestSettingsOfDecryptsAndDefaults(t *testing.T) {
 
 func TestValidateReportsEverything(t *testing.T) {
 	s := func(v string) *string { return &v }
-	err := validate(map[string]*string{
+	svc := &Service{urls: egress.New(egress.Policy{MarketoHosts: []string{"*.mktorest.com"}})}
+	err := svc.validate(map[string]*string{
 		KeyRESTURL: s("ftp://x"), KeyEventsEnabled: s("yes"), KeyCallbackURL: s("/cb"),
+		KeyIdentityURL: s("https://127.0.0.1/identity"), KeyAPIKey: s(""),
 	})
 	ae, ok := apperr.As(err)
 	if !ok || ae.Code != apperr.BadUserInput {
 		t.Fatalf("err = %v", err)
 	}
-	if !slices.Equal(ae.Missing, []string{KeyAPIKey, KeyAPISecret, KeyIdentityURL}) {
+	if !slices.Equal(ae.Missing, []string{KeyAPIKey, KeyAPISecret}) {
 		t.Fatalf("missing = %v", ae.Missing)
 	}
-	for _, k := range []string{KeyRESTURL, KeyEventsEnabled, KeyCallbackURL} {
+	for _, k := range []string{KeyRESTURL, KeyEventsEnabled, KeyCallbackURL, KeyIdentityURL} {
 		if ae.Invalid[k] == "" {
 			t.Fatalf("%s not reported invalid: %v", k, ae.Invalid)
 		}

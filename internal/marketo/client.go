@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -21,6 +22,8 @@ import (
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/leadstream/leadstream/internal/egress"
 )
 
 // Defaults for Options fields left zero.
@@ -282,21 +285,36 @@ func (f *failure) sentinel() error {
 	}
 }
 
-// classifyTokenError sorts out a failed token request.
+// classifyTokenError sorts out a failed token request. What the identity
+// endpoint answered (oauth2 quotes its body) stays out of the error text.
 func classifyTokenError(err error) *failure {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) && re.Response != nil {
-		switch sc := re.Response.StatusCode; {
+		sc := re.Response.StatusCode
+		answered := describe(err, "the identity endpoint answered %s", egress.StatusClass(sc))
+		switch {
 		case sc == http.StatusBadRequest || sc == http.StatusUnauthorized || sc == http.StatusForbidden:
-			return &failure{kind: kindInvalidCreds, result: fmt.Sprintf("http_%d", sc), err: err}
+			return &failure{kind: kindInvalidCreds, result: fmt.Sprintf("http_%d", sc), err: describe(err, "the identity endpoint refused the credentials (%s)", egress.StatusClass(sc))}
 		case sc >= 500 || sc == http.StatusTooManyRequests:
-			return &failure{kind: kindTransient, result: "http_5xx", err: err}
+			return &failure{kind: kindTransient, result: "http_5xx", err: answered}
+		case sc >= 300 && sc < 400:
+			return &failure{kind: kindNetwork, result: "http_3xx", err: describe(err, "the identity endpoint answered with a redirect, which is not followed")}
 		default: // not Marketo's identity endpoint, e.g. 404
-			return &failure{kind: kindNetwork, result: "http_4xx", err: err}
+			return &failure{kind: kindNetwork, result: "http_4xx", err: answered}
 		}
 	}
-	// Network errors, timeouts and answers that are not a token.
-	return &failure{kind: kindNetwork, result: "network", err: err}
+	if isNetwork(err) {
+		return &failure{kind: kindNetwork, result: "network", err: describe(err, "identity endpoint: %s", egress.Describe(err))}
+	}
+	// An answer that is not a token.
+	return &failure{kind: kindNetwork, result: "malformed", err: describe(err, "the identity endpoint's answer is not a token")}
+}
+
+// isNetwork tells a failed exchange from an answer that could not be read.
+func isNetwork(err error) bool {
+	var ue *url.Error
+	var ne net.Error
+	return errors.As(err, &ue) || errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // get calls a REST path and returns Marketo's successful answer, retrying
@@ -412,27 +430,31 @@ func (c *Client) attempt(ctx context.Context, path string, q url.Values) (*envel
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, c.failed(path, &failure{kind: kindNetwork, result: "network", err: err})
+		return nil, c.failed(path, &failure{kind: kindNetwork, result: "network", err: describe(err, "REST API: %s", egress.Describe(err))})
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBody+1))
 	resp.Body.Close()
 	if err != nil {
-		return nil, c.failed(path, &failure{kind: kindNetwork, result: "network", err: fmt.Errorf("reading answer: %w", err)})
+		return nil, c.failed(path, &failure{kind: kindNetwork, result: "network", err: describe(err, "REST API: reading the answer: %s", egress.Describe(err))})
 	}
 	if int64(len(body)) > c.maxBody {
 		return nil, c.failed(path, &failure{kind: kindBadRequest, result: "too_large", err: fmt.Errorf("answer larger than %d bytes", c.maxBody)})
 	}
+	// Only the status code is kept: the reason phrase and the body are
+	// the upstream's words.
 	switch sc := resp.StatusCode; {
 	case sc >= 500:
-		return nil, c.failed(path, &failure{kind: kindTransient, result: "http_5xx", err: fmt.Errorf("HTTP %s", resp.Status)})
+		return nil, c.failed(path, &failure{kind: kindTransient, result: "http_5xx", err: fmt.Errorf("REST API answered %s", egress.StatusClass(sc))})
 	case sc == http.StatusTooManyRequests:
-		return nil, c.failed(path, &failure{kind: kindRateLimit, result: "http_429", err: fmt.Errorf("HTTP %s", resp.Status)})
+		return nil, c.failed(path, &failure{kind: kindRateLimit, result: "http_429", err: errors.New("REST API answered HTTP 429 (too many requests)")})
+	case sc >= 300 && sc < 400:
+		return nil, c.failed(path, &failure{kind: kindBadRequest, result: "http_3xx", err: errors.New("REST API answered with a redirect, which is not followed")})
 	case sc < 200 || sc > 299:
-		return nil, c.failed(path, &failure{kind: kindBadRequest, result: "http_4xx", err: fmt.Errorf("HTTP %s", resp.Status)})
+		return nil, c.failed(path, &failure{kind: kindBadRequest, result: "http_4xx", err: fmt.Errorf("REST API answered %s", egress.StatusClass(sc))})
 	}
 	var env envelope
 	if err := json.Unmarshal(body, &env); err != nil {
-		return nil, c.failed(path, &failure{kind: kindNetwork, result: "malformed", err: fmt.Errorf("answer is not JSON: %w", err)})
+		return nil, c.failed(path, &failure{kind: kindNetwork, result: "malformed", err: errors.New("REST API answer is not JSON")})
 	}
 	if env.Success == nil {
 		return nil, c.failed(path, &failure{kind: kindNetwork, result: "malformed", err: errors.New("answer has no success field")})
@@ -444,7 +466,10 @@ func (c *Client) attempt(ctx context.Context, path string, q url.Values) (*envel
 	}
 	if len(env.Warnings) > 0 {
 		w, _ := json.Marshal(env.Warnings) // re-encoding valid JSON cannot fail
-		c.log.Debug("marketo: warnings", "path", path, "requestId", env.RequestID, "warnings", string(w))
+		if len(w) > 200 {
+			w = append(w[:200:200], "…"...)
+		}
+		c.log.Debug("marketo: warnings (excerpt)", "path", path, "warnings", strings.ToValidUTF8(string(w), ""))
 	}
 	c.observe(path, "ok")
 	return &env, nil

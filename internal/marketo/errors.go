@@ -33,14 +33,50 @@ var (
 )
 
 // APIError is an error Marketo reported in the "errors" list of its answer.
-// Reach it with errors.As to see the code.
+// Reach it with errors.As to see the code. Its text is the code and the
+// code's documented meaning: what Marketo wrote in the message is the
+// upstream's words and is not repeated to callers.
 type APIError struct {
 	Code    string
-	Message string
+	Message string // as Marketo sent it: for the debug log only
 }
 
 func (e *APIError) Error() string {
-	return fmt.Sprintf("api error %s: %s", e.Code, e.Message)
+	if m := codeMeanings[e.Code]; m != "" {
+		return fmt.Sprintf("Marketo error %s (%s)", e.Code, m)
+	}
+	return fmt.Sprintf("Marketo error %s", e.Code)
+}
+
+// codeMeanings are Marketo's documented REST error codes.
+var codeMeanings = map[string]string{
+	"502": "bad gateway", "601": "access token invalid", "602": "access token expired", "603": "access denied",
+	"604": "request timed out", "605": "HTTP method not supported", "606": "rate limit exceeded",
+	"607": "daily quota reached", "608": "API temporarily unavailable", "609": "invalid JSON",
+	"610": "requested resource not found", "611": "system error", "612": "invalid content type",
+	"613": "invalid multipart request", "614": "invalid subscription", "615": "concurrent access limit reached",
+	"616": "invalid subscription type", "701": "a required value is blank", "702": "no data found",
+	"703": "feature not enabled for the subscription", "704": "invalid date format", "709": "business rule violation",
+	"710": "parent folder not found", "711": "incompatible folder type", "713": "transient error",
+	"719": "lock wait timeout", "1001": "invalid value", "1002": "missing value for a required parameter",
+	"1003": "invalid data", "1004": "lead not found", "1005": "lead already exists", "1006": "field not found",
+	"1007": "multiple leads match", "1008": "access denied to partition", "1013": "object not found",
+	"1029": "too many jobs in queue", "1035": "unsupported filter type",
+}
+
+// described is an error whose text is the gateway's own words; the cause
+// stays reachable for errors.Is and errors.As, but its text (which may
+// quote what an upstream answered) is never part of Error().
+type described struct {
+	msg   string
+	cause error
+}
+
+func (d *described) Error() string { return d.msg }
+func (d *described) Unwrap() error { return d.cause }
+
+func describe(cause error, format string, args ...any) error {
+	return &described{msg: fmt.Sprintf(format, args...), cause: cause}
 }
 
 // QuotaError is returned when the daily quota is exhausted; it matches

@@ -4,16 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/leadstream/leadstream/internal/egress"
 	"github.com/leadstream/leadstream/internal/events"
 )
 
@@ -21,8 +20,6 @@ const (
 	// maxDiscard is how much of a receiver's answer is read: enough to let
 	// small answers reuse the connection, never a body worth buffering.
 	maxDiscard = 4 << 10
-	// maxErrLen bounds the error text stored with an attempt.
-	maxErrLen = 200
 	// writeTimeout bounds recording an outcome, which also runs during shutdown.
 	writeTimeout = 10 * time.Second
 	// early is how much sooner than its state's next attempt a job may
@@ -191,7 +188,7 @@ func (n *Notifier) post(ctx context.Context, ev *events.Event, target, key strin
 	resp, err := n.client.Do(req)
 	if err != nil {
 		a.DurationMs = int(time.Since(start).Milliseconds())
-		return fail(describe(err, target, n.o.AttemptTimeout))
+		return fail(describe(err, n.o.AttemptTimeout))
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDiscard))
 	_ = resp.Body.Close()
@@ -226,24 +223,13 @@ func (n *Notifier) observe(outcome string) {
 	}
 }
 
-// describe turns a transport error into a short text without the URL (it
-// may carry credentials in its query or user info).
-func describe(err error, target string, timeout time.Duration) string {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Sprintf("no answer within %s", timeout)
+// describe turns a transport error into a few words of our own: never the
+// URL (it may carry credentials) nor anything the receiver sent.
+func describe(err error, timeout time.Duration) string {
+	if msg := egress.Describe(err); msg != "timed out" {
+		return msg
 	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		if ue.Timeout() {
-			return fmt.Sprintf("no answer within %s", timeout)
-		}
-		err = ue.Err
-	}
-	msg := strings.ReplaceAll(err.Error(), target, "<callback URL>")
-	if len(msg) > maxErrLen {
-		msg = strings.ToValidUTF8(msg[:maxErrLen], "") + "…"
-	}
-	return msg
+	return fmt.Sprintf("no answer within %s", timeout)
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -74,6 +74,9 @@ func (s *Store) DeleteExpiredOAuth(ctx context.Context, now time.Time) error {
 	if _, err := s.db.Collection(colOAuthRequests).DeleteMany(ctx, old); err != nil {
 		return wrap("clean oauth requests", err)
 	}
+	if _, err := s.db.Collection(colOAuthClaims).DeleteMany(ctx, old); err != nil {
+		return wrap("clean connect link claims", err)
+	}
 	cur, err := s.db.Collection(colOAuthCodes).Find(ctx, old)
 	if err != nil {
 		return wrap("clean oauth codes", err)
@@ -89,4 +92,26 @@ func (s *Store) DeleteExpiredOAuth(ctx context.Context, now time.Time) error {
 	}
 	_, err = s.db.Collection(colOAuthCodes).DeleteMany(ctx, old)
 	return wrap("clean oauth codes", err)
+}
+
+// ClaimOAuth takes a one-time claim (a connect link used, one of its
+// credential checks) as an insert under a unique key: of concurrent claims
+// exactly one succeeds; the others are ErrDuplicate. Claims are removed
+// after expiresAt by DeleteExpiredOAuth.
+func (s *Store) ClaimOAuth(ctx context.Context, key string, expiresAt time.Time) error {
+	_, err := s.db.Collection(colOAuthClaims).InsertOne(ctx, bson.D{{Key: "_id", Value: key}, {Key: "expiresAt", Value: expiresAt}})
+	return wrap("claim connect link", err)
+}
+
+// DeleteOAuthRequest removes a connect link once it is used up.
+func (s *Store) DeleteOAuthRequest(ctx context.Context, id string) error {
+	_, err := s.db.Collection(colOAuthRequests).DeleteOne(ctx, bson.D{{Key: "_id", Value: id}})
+	return wrap("delete oauth request", err)
+}
+
+// CountOAuthRequests counts an organization's pending connect links. The
+// collection stays small: links expire in minutes and are cleaned up.
+func (s *Store) CountOAuthRequests(ctx context.Context, orgID string, now time.Time) (int64, error) {
+	n, err := s.db.Collection(colOAuthRequests).CountDocuments(ctx, bson.D{{Key: "orgId", Value: orgID}, {Key: "expiresAt", Value: bson.D{{Key: "$gt", Value: now}}}})
+	return n, wrap("count oauth requests", err)
 }

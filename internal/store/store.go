@@ -247,6 +247,7 @@ const (
 	colOAuthRequests = "oauth_requests"
 	colOAuthCodes    = "oauth_codes"
 	colRedemptions   = "oauth_redemptions"
+	colOAuthClaims   = "oauth_claims"
 	colPollStates    = "poll_states"
 )
 

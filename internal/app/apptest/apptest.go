@@ -66,6 +66,8 @@ func Start(t testing.TB, dir string, env map[string]string) *Gateway {
 		"PORT": "0", "LISTEN_ADDR": "127.0.0.1:0", "DATA_DIR": dir,
 		"ORGANIZATION_SECRET": OrgSecret, "USER_SECRET": UserSecret,
 		"POLLER_MIN_INTERVAL": "100ms", "NOTIFY_RETRY_BASE": "20ms", "LOG_LEVEL": "debug",
+		// The fake Marketo and the capture servers listen on loopback.
+		"MARKETO_HOSTS": "127.0.0.1", "EGRESS_ALLOW": "127.0.0.0/8",
 	}
 	for k, v := range env {
 		e[k] = v

@@ -18,6 +18,10 @@ type Fault struct {
 	HTTPStatus int
 	// Malformed answers HTTP 200 with a truncated JSON body.
 	Malformed bool
+	// Body, when set, replaces the HTML body of an HTTPStatus fault and the
+	// message of a Code fault: tests put a marker there that must never
+	// reach a caller of the gateway.
+	Body string
 	// Delay holds the answer back this long (or until the client gives up).
 	Delay time.Duration
 	// Times is how many REST calls the fault applies to; 0 means every call

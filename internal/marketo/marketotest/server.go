@@ -319,6 +319,10 @@ func (s *Server) handleREST(w http.ResponseWriter, r *http.Request) {
 			result = fmt.Sprintf("http_%d", fault.HTTPStatus)
 			w.Header().Set("Content-Type", "text/html")
 			w.WriteHeader(fault.HTTPStatus)
+			if fault.Body != "" {
+				fmt.Fprint(w, fault.Body)
+				return
+			}
 			fmt.Fprintf(w, "<html><body><h1>%d %s</h1></body></html>\n", fault.HTTPStatus, http.StatusText(fault.HTTPStatus))
 			return
 		case fault.Malformed:
@@ -328,7 +332,11 @@ func (s *Server) handleREST(w http.ResponseWriter, r *http.Request) {
 			return
 		case fault.Code != "":
 			result = fault.Code
-			writeJSON(w, http.StatusOK, envelope{RequestID: reqID, Errors: []apiError{{fault.Code, codeMessage(fault.Code)}}})
+			msg := codeMessage(fault.Code)
+			if fault.Body != "" {
+				msg = fault.Body
+			}
+			writeJSON(w, http.StatusOK, envelope{RequestID: reqID, Errors: []apiError{{fault.Code, msg}}})
 			return
 		}
 	}
