@@ -25,6 +25,8 @@ fake-marketo:
 ## test: the whole suite (Go with -race, the third-party JS clients, Chromium on GraphiQL and the connect page)
 test: clients
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzParseBody$$' -fuzztime 3s ./internal/webhook/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 3s ./internal/auth/
 
 ## browser-deps: Debian's chromium package, which the browser tests drive (apt-get, as root or with sudo)
 browser-deps:

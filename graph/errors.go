@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sort"
+	"strings"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/gqlerror"
@@ -20,9 +21,18 @@ import (
 func ErrorPresenter(log *slog.Logger) graphql.ErrorPresenterFunc {
 	return func(ctx context.Context, err error) *gqlerror.Error {
 		gerr := graphql.DefaultErrorPresenter(ctx, err)
+		if ctx.Err() != nil && errors.Is(context.Cause(ctx), ErrOperationTimeout) {
+			return &gqlerror.Error{Message: errTimeLimit, Path: gerr.Path, Extensions: map[string]any{"code": apperr.LimitExceeded}}
+		}
 		var inner *gqlerror.Error
-		if errors.As(err, &inner) && inner.Err == nil && inner.Extensions["code"] != nil {
-			return gerr // already presented
+		if errors.As(err, &inner) && inner.Err == nil {
+			if n, ok := strings.CutPrefix(inner.Message, "exceeded token limit of "); ok {
+				return &gqlerror.Error{Message: "the query has more than " + n + " tokens, the limit (GRAPHQL_MAX_TOKENS)",
+					Extensions: map[string]any{"code": apperr.LimitExceeded}}
+			}
+			if inner.Extensions["code"] != nil {
+				return gerr // already presented
+			}
 		}
 		cause := err
 		if inner != nil && inner.Err != nil {

@@ -2,10 +2,14 @@ package app
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -64,7 +68,77 @@ func (a *App) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
-	return a.accessLog(mux)
+	return a.accessLog(a.readDeadline(mux))
+}
+
+// readDeadline gives every request ReadTimeout to deliver its body, so a
+// client trickling bytes cannot hold a connection (headers are bounded by
+// the server's ReadHeaderTimeout). The deadline is lifted once the body is
+// read, so streams (SSE) and long answers are not cut; websocket upgrades
+// carry no body and get none, which would outlive the hijack.
+func (a *App) readDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || isWebsocket(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(a.cfg.Limits.ReadTimeout)); err == nil {
+			r.Body = &liftOnEOF{ReadCloser: r.Body, lift: func() { _ = rc.SetReadDeadline(time.Time{}) }}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// liftOnEOF lifts the read deadline once the whole body has arrived.
+type liftOnEOF struct {
+	io.ReadCloser
+	lift func()
+	done bool
+}
+
+func (l *liftOnEOF) Read(p []byte) (int, error) {
+	n, err := l.ReadCloser.Read(p)
+	if err == io.EOF && !l.done {
+		l.done = true
+		l.lift()
+	}
+	return n, err
+}
+
+func isWebsocket(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+// readBody takes a GraphQL POST body whole, up to MaxBodyBytes, and checks
+// that it is JSON: gqlgen would echo a malformed body back (and log it for
+// SSE). It reports false when it has answered.
+func (a *App) readBody(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodPost || r.Body == nil {
+		return true
+	}
+	max := a.cfg.Limits.MaxBodyBytes
+	body, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	switch {
+	case err != nil:
+		writeGraphQLError(w, http.StatusBadRequest, apperr.BadUserInput, "the request body could not be read in time")
+		return false
+	case int64(len(body)) > max:
+		w.Header().Set("Connection", "close")
+		writeGraphQLError(w, http.StatusRequestEntityTooLarge, apperr.LimitExceeded,
+			fmt.Sprintf("the request body is over %d bytes, the limit (GRAPHQL_MAX_BODY_BYTES)", max))
+		return false
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/json" && !json.Valid(body) {
+		writeGraphQLError(w, http.StatusBadRequest, apperr.BadUserInput, "the request body is not valid JSON")
+		return false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return true
+}
+
+func writeGraphQLError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, graphql.Response{Errors: []*gqlerror.Error{{Message: msg, Extensions: map[string]any{"code": code}}}})
 }
 
 // accessLog logs each request at debug level, and server errors at warn.
@@ -137,13 +211,21 @@ func (a *App) graphqlHandler() http.Handler {
 	srv.AddTransport(transport.SSE{KeepAlivePingInterval: 15 * time.Second})
 	srv.AddTransport(transport.GET{})
 	srv.AddTransport(transport.POST{})
-	srv.SetQueryCache(lru.New[*ast.QueryDocument](1000))
+	parsed := lru.New[*ast.QueryDocument](1000)
+	srv.SetQueryCache(parsed)
+	srv.SetParserTokenLimit(a.cfg.Limits.MaxTokens)
+	srv.AroundFields(graph.CheckCancelled)
 	srv.Use(extension.Introspection{})
 	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](100)})
+	// After the persisted-query extension, which fills in the query.
+	srv.Use(graph.Limits{MaxTokens: a.cfg.Limits.MaxTokens, Parsed: parsed, MaxDepth: a.cfg.Limits.MaxDepth,
+		MaxFields: a.cfg.Limits.MaxFields, MaxComplexity: a.cfg.Limits.MaxComplexity})
 	srv.SetErrorPresenter(present)
 	srv.AroundOperations(graph.StreamErrors(present))
+	srv.AroundOperations(graph.TimeLimit)
 	srv.SetRecoverFunc(func(ctx context.Context, p any) error {
-		a.log.Error("graphql: panic", "panic", p)
+		// Bounded: a panic's value can quote a whole response, payloads included.
+		a.log.Error("graphql: panic", "panic", fmt.Sprintf("%.200v", p))
 		return errors.New("internal error")
 	})
 	return srv
@@ -179,7 +261,7 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		isWS := strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+		isWS := isWebsocket(r)
 		isStream := isWS || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 		ctx := r.Context()
 		if isWS {
@@ -202,8 +284,17 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 				code, status, msg = apperr.Internal, http.StatusInternalServerError, "internal error"
 			}
 			w.Header().Set("WWW-Authenticate", `User realm="leadstream", Organization, Element`)
-			writeJSON(w, status, graphql.Response{Errors: []*gqlerror.Error{{Message: msg, Extensions: map[string]any{"code": code}}}})
+			writeGraphQLError(w, status, code, msg)
 			return
+		}
+		if !a.readBody(w, r) {
+			return
+		}
+		if !isStream {
+			// The client leaving cancels ctx too (net/http does).
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeoutCause(ctx, a.cfg.Limits.OperationTimeout, graph.ErrOperationTimeout)
+			defer cancel()
 		}
 		next.ServeHTTP(w, r.WithContext(auth.WithIdentity(ctx, id)))
 	})

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/leadstream/leadstream/internal/events"
@@ -26,8 +25,10 @@ import (
 // MaxBody is the largest body accepted.
 const MaxBody = 1 << 20
 
-// readTimeout bounds reading a body; Marketo itself gives up after 30 s.
-const readTimeout = 30 * time.Second
+// MaxDepth is how deeply a JSON body may nest: deeper documents cost every
+// later reader (renderers, clients) stack and time, and no Marketo template
+// comes close.
+const MaxDepth = 64
 
 // Instances finds the instance a webhook is for.
 type Instances interface {
@@ -81,8 +82,6 @@ func Handler(inst Instances, ing Ingester, log *slog.Logger, observe func(status
 			fail(w, http.StatusConflict, "the instance is disabled")
 			return
 		}
-		// A sender that trickles its body must not hold the connection.
-		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(readTimeout))
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 		if err != nil {
 			var mbe *http.MaxBytesError
@@ -155,7 +154,37 @@ func parseBody(contentType string, body []byte) (events.JSON, string) {
 	if !json.Valid(body) {
 		return nil, "body is not valid JSON (with Marketo's JSON token encoding, string tokens arrive quoted)"
 	}
+	if tooDeep(body, MaxDepth) {
+		return nil, "body nests deeper than 64 levels"
+	}
 	return body, ""
+}
+
+// tooDeep reports whether valid JSON nests arrays and objects deeper than max.
+func tooDeep(body []byte, max int) bool {
+	depth, inString, escaped := 0, false, false
+	for _, c := range body {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '[' || c == '{':
+			if depth++; depth > max {
+				return true
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
