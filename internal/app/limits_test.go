@@ -54,7 +54,7 @@ func TestGraphQLLimits(t *testing.T) {
 		{"complexity", aliases(10, "connectors { key name id }"), "GRAPHQL_MAX_COMPLEXITY"},
 		{"fragments", `{ ...A }
 			fragment A on Query { a: connectors { ...B } b: connectors { ...B } c: connectors { ...B } }
-			fragment B on Connector { `+strings.Repeat("...C ", 50)+` }
+			fragment B on Connector { ` + strings.Repeat("...C ", 50) + ` }
 			fragment C on Connector { key name id }`, "GRAPHQL_MAX_COMPLEXITY"},
 	}
 	for _, tt := range tests {
