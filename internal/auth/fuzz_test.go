@@ -7,29 +7,38 @@ import (
 	"github.com/leadstream/leadstream/internal/auth"
 )
 
-// FuzzParse: any Authorization value either parses into two non-empty
-// secrets without surrounding spaces, which parse back the same when
-// written in the canonical form, or is ErrUnauthenticated. Seeds are in
+// FuzzParse: any Authorization value either parses into secrets that are
+// non-empty without surrounding spaces (User and Organization together,
+// or an Element token), which parse back the same when written in the
+// canonical form, or is ErrUnauthenticated. Seeds are in
 // testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
 	f.Add("User u1, Organization o1")
-	f.Add("organization o1,user u1")
+	f.Add("organization o1,user u1, Element e1")
 	f.Fuzz(func(t *testing.T, header string) {
-		user, org, err := auth.Parse(header)
+		c, err := auth.Parse(header)
 		if err != nil {
-			if err != auth.ErrUnauthenticated || user != "" || org != "" {
-				t.Fatalf("Parse(%q) = %q, %q, %v", header, user, org, err)
+			if err != auth.ErrUnauthenticated || c != (auth.Credentials{}) {
+				t.Fatalf("Parse(%q) = %+v, %v", header, c, err)
 			}
 			return
 		}
-		for _, v := range []string{user, org} {
-			if v == "" || strings.TrimSpace(v) != v || strings.Contains(v, ",") {
-				t.Fatalf("Parse(%q) gave secret %q", header, v)
-			}
+		if (c.User == "") != (c.Org == "") || c.User == "" && c.Element == "" {
+			t.Fatalf("Parse(%q) = %+v: half a pair or nothing", header, c)
 		}
-		u2, o2, err := auth.Parse("User " + user + ", Organization " + org)
-		if err != nil || u2 != user || o2 != org {
-			t.Fatalf("canonical form of %q parsed as %q, %q, %v", header, u2, o2, err)
+		var parts []string
+		for _, p := range [][2]string{{"User", c.User}, {"Organization", c.Org}, {"Element", c.Element}} {
+			if p[1] == "" {
+				continue
+			}
+			if strings.TrimSpace(p[1]) != p[1] || strings.Contains(p[1], ",") {
+				t.Fatalf("Parse(%q) gave %s secret %q", header, p[0], p[1])
+			}
+			parts = append(parts, p[0]+" "+p[1])
+		}
+		again, err := auth.Parse(strings.Join(parts, ", "))
+		if err != nil || again != c {
+			t.Fatalf("canonical form of %q parsed as %+v, %v", header, again, err)
 		}
 	})
 }
