@@ -30,6 +30,7 @@ import (
 	"github.com/leadstream/leadstream/internal/auth"
 	"github.com/leadstream/leadstream/internal/gorillaws"
 	"github.com/leadstream/leadstream/internal/playground"
+	"github.com/leadstream/leadstream/internal/rest"
 	"github.com/leadstream/leadstream/internal/webhook"
 )
 
@@ -39,20 +40,41 @@ var (
 	errTokenRevoked     = apperr.New(apperr.Ended, "the Element token this subscription was opened with was replaced by a new one")
 )
 
+// seedPrefix is the seed's base path: every route is served under it too,
+// so URLs written for the seed's service work with only the host changed.
+const seedPrefix = "/elements/api-v2"
+
 // Handler lists every route of the gateway.
 func (a *App) Handler() http.Handler {
 	mux := http.NewServeMux()
-	gql := a.graphqlHandler()
-	mux.Handle("/graphql", a.requireAuth(gql))
+	route := func(pattern string, h http.Handler) {
+		mux.Handle(pattern, h)
+		method, path, ok := strings.Cut(pattern, " ")
+		if !ok {
+			method, path = "", pattern
+		}
+		mux.Handle(strings.TrimSpace(method+" "+seedPrefix+path), http.StripPrefix(seedPrefix, h))
+	}
+	route("/graphql", a.requireAuth(a.graphqlHandler()))
 	pg := playground.Handler()
-	mux.Handle("GET /{$}", pg)
-	mux.Handle("GET /playground/", pg)
-	mux.Handle("/oauth/marketo/authorize", a.connect.Page())
-	mux.Handle("/events/marketo/{id}", webhook.Handler(a.instances, a.ingester, a.log, a.metrics.Webhook))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	route("GET /{$}", pg)
+	route("GET /playground/", pg)
+	route("/oauth/marketo/authorize", a.connect.Page())
+	route("/events/marketo/{id}", webhook.Handler(a.instances, a.ingester, a.log, a.metrics.Webhook))
+
+	api := rest.New(a.auth, a.instances, a.connect, a.conns, a.log)
+	route("GET /elements/{key}/oauth/url", api.OAuthURL())
+	route("POST /instances", api.CreateInstance())
+	route("GET /instances", api.ListInstances())
+	route("GET /instances/{id}", api.GetInstance())
+	route("PATCH /instances/{id}", api.UpdateInstance())
+	route("DELETE /instances/{id}", api.DeleteInstance())
+	route("POST /instances/{id}/token", api.RotateToken())
+
+	route("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	route("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := a.store.Ping(ctx); err != nil {
@@ -66,8 +88,8 @@ func (a *App) Handler() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
-	})
-	mux.Handle("GET /metrics", a.metrics.Handler())
+	}))
+	route("GET /metrics", a.metrics.Handler())
 	return a.accessLog(a.readDeadline(mux))
 }
 

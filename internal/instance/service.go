@@ -111,7 +111,7 @@ func (s *Service) Create(ctx context.Context, orgID string, in CreateInput) (Cre
 	if in.Name == "" {
 		return Created{}, &apperr.Error{Code: apperr.BadUserInput, Message: "name must not be empty", Invalid: map[string]string{"name": "must not be empty"}}
 	}
-	given, err := parseConfig(in.Config, false)
+	given, badTypes, err := parseConfig(in.Config, false)
 	if err != nil {
 		return Created{}, err
 	}
@@ -140,7 +140,7 @@ func (s *Service) Create(ctx context.Context, orgID string, in CreateInput) (Cre
 			cfg[k] = v
 		}
 	}
-	if err := s.validate(cfg); err != nil {
+	if err := s.validate(cfg, badTypes); err != nil {
 		return Created{}, err
 	}
 	if in.Code == "" {
@@ -176,9 +176,10 @@ type UpdateInput struct {
 // Update changes an instance; changed credentials are verified again.
 func (s *Service) Update(ctx context.Context, orgID, id string, in UpdateInput) (store.Instance, error) {
 	var patch map[string]*string
+	var badTypes map[string]string
 	if len(in.Config) > 0 && string(in.Config) != "null" {
 		var err error
-		if patch, err = parseConfig(in.Config, true); err != nil {
+		if patch, badTypes, err = parseConfig(in.Config, true); err != nil {
 			return store.Instance{}, err
 		}
 	}
@@ -195,7 +196,7 @@ func (s *Service) Update(ctx context.Context, orgID, id string, in UpdateInput) 
 	if err != nil {
 		return store.Instance{}, err
 	}
-	if err := s.validate(merged); err != nil {
+	if err := s.validate(merged, badTypes); err != nil {
 		return store.Instance{}, err
 	}
 	credsChanged := false
@@ -454,15 +455,19 @@ func (s *Service) seal(cfg map[string]*string) []store.ConfigEntry {
 
 // validate reports every missing and every malformed key at once, before
 // any request is made: Marketo URLs must name an allowed Marketo host, so
-// credentials never go anywhere else.
-func (s *Service) validate(cfg map[string]*string) error {
+// credentials never go anywhere else. badTypes are keys parseConfig refused
+// already.
+func (s *Service) validate(cfg map[string]*string, badTypes map[string]string) error {
+	invalid := map[string]string{}
+	for k, why := range badTypes {
+		invalid[k] = why
+	}
 	var missing []string
 	for _, k := range RequiredKeys {
-		if val(cfg, k) == "" {
+		if _, bad := invalid[k]; !bad && val(cfg, k) == "" {
 			missing = append(missing, k)
 		}
 	}
-	invalid := map[string]string{}
 	for _, k := range []string{KeyIdentityURL, KeyRESTURL, KeyOAuthCallback, KeyCallbackURL} {
 		v := val(cfg, k)
 		if v == "" {

@@ -68,16 +68,17 @@ var kinds = map[string]string{
 // parseConfig reads a configuration object. Values are strings, or for
 // the keys in kinds JSON booleans, numbers (and for activity types a list
 // of numbers), normalized to the string form. With allowNull, null values
-// mean "remove this key".
-func parseConfig(raw json.RawMessage, allowNull bool) (map[string]*string, error) {
+// mean "remove this key". Values of the wrong type are left out and
+// returned as invalid (key → why), for validate to report with the rest.
+func parseConfig(raw json.RawMessage, allowNull bool) (map[string]*string, map[string]string, error) {
 	if len(raw) == 0 || string(raw) == "null" {
-		return map[string]*string{}, nil
+		return map[string]*string{}, nil, nil
 	}
 	var obj map[string]any
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber() // "5" stays "5", not "5e+00"
 	if err := dec.Decode(&obj); err != nil || obj == nil {
-		return nil, &apperr.Error{Code: apperr.BadUserInput, Message: "configuration must be an object of string values", Invalid: map[string]string{"configuration": "must be an object"}}
+		return nil, nil, &apperr.Error{Code: apperr.BadUserInput, Message: "configuration must be an object of string values", Invalid: map[string]string{"configuration": "must be an object"}}
 	}
 	out := map[string]*string{}
 	invalid := map[string]string{}
@@ -103,10 +104,7 @@ func parseConfig(raw json.RawMessage, allowNull bool) (map[string]*string, error
 			invalid[k] = k + " must be a string"
 		}
 	}
-	if len(invalid) > 0 {
-		return nil, &apperr.Error{Code: apperr.BadUserInput, Message: "configuration values must be strings, or booleans and numbers where a key means one", Invalid: invalid}
-	}
-	return out, nil
+	return out, invalid, nil
 }
 
 // normalize turns a decoded JSON value of a key of the given kind into its

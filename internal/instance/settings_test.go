@@ -82,15 +82,16 @@ func TestValidateReportsEverything(t *testing.T) {
 	err := svc.validate(map[string]*string{
 		KeyRESTURL: s("ftp://x"), KeyEventsEnabled: s("yes"), KeyCallbackURL: s("/cb"),
 		KeyIdentityURL: s("https://127.0.0.1/identity"), KeyAPIKey: s(""),
-	})
+	}, map[string]string{KeyAPIKey: "oauth.api.key must be a string", KeyRefreshInterval: "bad type"})
 	ae, ok := apperr.As(err)
 	if !ok || ae.Code != apperr.BadUserInput {
 		t.Fatalf("err = %v", err)
 	}
-	if !slices.Equal(ae.Missing, []string{KeyAPIKey, KeyAPISecret}) {
+	// A key of the wrong type (badTypes) is malformed, not also missing.
+	if !slices.Equal(ae.Missing, []string{KeyAPISecret}) {
 		t.Fatalf("missing = %v", ae.Missing)
 	}
-	for _, k := range []string{KeyRESTURL, KeyEventsEnabled, KeyCallbackURL, KeyIdentityURL} {
+	for _, k := range []string{KeyRESTURL, KeyEventsEnabled, KeyCallbackURL, KeyIdentityURL, KeyAPIKey, KeyRefreshInterval} {
 		if ae.Invalid[k] == "" {
 			t.Fatalf("%s not reported invalid: %v", k, ae.Invalid)
 		}
@@ -117,14 +118,13 @@ func TestParseConfigNormalizes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseConfig([]byte(tt.raw), false)
+			got, bad, err := parseConfig([]byte(tt.raw), false)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if tt.invalid != nil {
-				e, ok := apperr.As(err)
-				if !ok || e.Code != apperr.BadUserInput {
-					t.Fatalf("err = %v", err)
-				}
 				var keys []string
-				for k := range e.Invalid {
+				for k := range bad {
 					keys = append(keys, k)
 				}
 				slices.Sort(keys)
@@ -134,8 +134,8 @@ func TestParseConfigNormalizes(t *testing.T) {
 				}
 				return
 			}
-			if err != nil {
-				t.Fatal(err)
+			if len(bad) > 0 {
+				t.Fatalf("invalid: %v", bad)
 			}
 			if len(got) != len(tt.want) {
 				t.Fatalf("got %d keys, want %d", len(got), len(tt.want))
