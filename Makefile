@@ -10,17 +10,23 @@ DEV_EGRESS := MARKETO_HOSTS='*.mktorest.com,127.0.0.1,localhost' EGRESS_ALLOW=12
 
 .PHONY: run demo fake-marketo test test-go clients browser-deps assets generate lint build bench
 
-## run: start the gateway on the embedded store (./data), GraphiQL at http://localhost:8080/
-run:
-	$(DEV_EGRESS) $(GO) run .
+FAKE_MARKETO_ADDR ?= 127.0.0.1:9090
+
+# run, demo and fake-marketo build bin/leadstream first and then exec it, so
+# the compile is announced and Ctrl-C reaches the gateway itself: a clean
+# stop exits 0 (go run would exit 1).
+
+## run: start the gateway on the embedded store (./data), GraphiQL at http://localhost:8080/ (polls may be 5 s apart)
+run: build
+	@$(DEV_EGRESS) POLLER_MIN_INTERVAL=$${POLLER_MIN_INTERVAL:-5s} exec ./bin/leadstream
 
 ## demo: the gateway plus a fake Marketo producing live lead activities
-demo:
-	$(DEV_EGRESS) $(GO) run . -demo
+demo: build
+	@$(DEV_EGRESS) exec ./bin/leadstream -demo
 
-## fake-marketo: only a fake Marketo on 127.0.0.1:9090, to provision against from `make run`
-fake-marketo:
-	$(GO) run . -fake-marketo 127.0.0.1:9090
+## fake-marketo: only a fake Marketo on $(FAKE_MARKETO_ADDR) (default 127.0.0.1:9090), to provision against from `make run`
+fake-marketo: build
+	@exec ./bin/leadstream -fake-marketo $(FAKE_MARKETO_ADDR)
 
 ## test: the whole suite (Go with -race, the third-party JS clients, Chromium on GraphiQL and the connect page)
 test: clients
@@ -55,7 +61,8 @@ lint:
 
 ## build: build the binary into bin/
 build:
-	$(GO) build -o bin/leadstream .
+	@echo "building bin/leadstream…"
+	@$(GO) build -o bin/leadstream .
 
 ## bench: end-to-end load benchmark and micro-benchmarks
 bench:

@@ -75,7 +75,7 @@ func classify(err error) (code, msg string, ext map[string]any) {
 		}
 		return apperr.SlowSubscriber, slow.Error(), ext
 	case errors.Is(err, auth.ErrUnauthenticated):
-		return apperr.Unauthenticated, auth.ErrUnauthenticated.Error(), nil
+		return apperr.Unauthenticated, auth.UnauthenticatedMessage, nil
 	case errors.Is(err, context.Canceled):
 		return apperr.Internal, "request cancelled", nil
 	}

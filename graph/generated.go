@@ -80,20 +80,22 @@ type ComplexityRoot struct {
 	}
 
 	Instance struct {
-		Configuration func(childComplexity int) int
-		Connector     func(childComplexity int) int
-		CreatedAt     func(childComplexity int) int
-		Disabled      func(childComplexity int) int
-		EventsEnabled func(childComplexity int) int
-		ID            func(childComplexity int) int
-		InvalidReason func(childComplexity int) int
-		Name          func(childComplexity int) int
-		Poller        func(childComplexity int) int
-		Tags          func(childComplexity int) int
-		Token         func(childComplexity int) int
-		UpdatedAt     func(childComplexity int) int
-		Valid         func(childComplexity int) int
-		WebhookURL    func(childComplexity int) int
+		Configuration      func(childComplexity int) int
+		Connector          func(childComplexity int) int
+		CreatedAt          func(childComplexity int) int
+		Disabled           func(childComplexity int) int
+		EventsEnabled      func(childComplexity int) int
+		ID                 func(childComplexity int) int
+		InvalidReason      func(childComplexity int) int
+		Name               func(childComplexity int) int
+		PollInterval       func(childComplexity int) int
+		PollIntervalNotice func(childComplexity int) int
+		Poller             func(childComplexity int) int
+		Tags               func(childComplexity int) int
+		Token              func(childComplexity int) int
+		UpdatedAt          func(childComplexity int) int
+		Valid              func(childComplexity int) int
+		WebhookURL         func(childComplexity int) int
 	}
 
 	MarketoEvent struct {
@@ -391,6 +393,18 @@ func (e *executableSchema) Complexity(ctx context.Context, typeName, field strin
 		}
 
 		return e.ComplexityRoot.Instance.Name(childComplexity), true
+	case "Instance.pollInterval":
+		if e.ComplexityRoot.Instance.PollInterval == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Instance.PollInterval(childComplexity), true
+	case "Instance.pollIntervalNotice":
+		if e.ComplexityRoot.Instance.PollIntervalNotice == nil {
+			break
+		}
+
+		return e.ComplexityRoot.Instance.PollIntervalNotice(childComplexity), true
 	case "Instance.poller":
 		if e.ComplexityRoot.Instance.Poller == nil {
 			break
@@ -911,6 +925,10 @@ type Instance {
   updatedAt: Time!
   "The Marketo poller's view of this instance; null until it first polls."
   poller: PollerStatus
+  "How often the poller polls this instance (a Go duration such as \"30s\" or \"5m\"): event.poller.refresh_interval, raised to the gateway's floor POLLER_MIN_INTERVAL when below it. Null when events are not enabled."
+  pollInterval: String
+  "Set when event.poller.refresh_interval is below POLLER_MIN_INTERVAL, saying that the floor applies instead."
+  pollIntervalNotice: String
 }
 
 "What the poller last did for an instance."
@@ -1100,6 +1118,10 @@ func (ec *executionContext) childFields_Instance(ctx context.Context, field grap
 		return ec.fieldContext_Instance_updatedAt(ctx, field)
 	case "poller":
 		return ec.fieldContext_Instance_poller(ctx, field)
+	case "pollInterval":
+		return ec.fieldContext_Instance_pollInterval(ctx, field)
+	case "pollIntervalNotice":
+		return ec.fieldContext_Instance_pollIntervalNotice(ctx, field)
 	}
 	return nil, fmt.Errorf("no field named %q was found under type Instance", field.Name)
 }
@@ -2520,6 +2542,52 @@ func (ec *executionContext) fieldContext_Instance_poller(_ context.Context, fiel
 		},
 	}
 	return fc, nil
+}
+
+func (ec *executionContext) _Instance_pollInterval(ctx context.Context, field graphql.CollectedField, obj *model.Instance) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Instance_pollInterval(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.PollInterval, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Instance_pollInterval(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Instance", field, false, false, "String")
+}
+
+func (ec *executionContext) _Instance_pollIntervalNotice(ctx context.Context, field graphql.CollectedField, obj *model.Instance) (ret graphql.Marshaler) {
+	return graphql.ResolveField(
+		ctx,
+		ec.OperationContext,
+		field,
+		func(ctx context.Context, field graphql.CollectedField) (*graphql.FieldContext, error) {
+			return ec.fieldContext_Instance_pollIntervalNotice(ctx, field)
+		},
+		func(ctx context.Context) (any, error) {
+			return obj.PollIntervalNotice, nil
+		},
+		nil,
+		func(ctx context.Context, selections ast.SelectionSet, v *string) graphql.Marshaler {
+			return ec.marshalOString2ᚖstring(ctx, selections, v)
+		},
+		true,
+		false,
+	)
+}
+func (ec *executionContext) fieldContext_Instance_pollIntervalNotice(_ context.Context, field graphql.CollectedField) (fc *graphql.FieldContext, err error) {
+	return graphql.NewScalarFieldContext("Instance", field, false, false, "String")
 }
 
 func (ec *executionContext) _MarketoEvent_id(ctx context.Context, field graphql.CollectedField, obj *events.Event) (ret graphql.Marshaler) {
@@ -5345,6 +5413,16 @@ func (ec *executionContext) _Instance(ctx context.Context, sel ast.SelectionSet,
 				func(ctx context.Context) graphql.Marshaler {
 					return ec._Instance_poller(ctx, field, obj)
 				})
+		case "pollInterval":
+			out.Values[i] = ec._Instance_pollInterval(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
+		case "pollIntervalNotice":
+			out.Values[i] = ec._Instance_pollIntervalNotice(ctx, field, obj)
+			if out.Values[i] == graphql.RequiredNull {
+				atomic.AddUint32(&out.Invalids, 1)
+			}
 		default:
 			panic("unknown field " + strconv.Quote(field.Name))
 		}

@@ -2,6 +2,8 @@ package graph
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/leadstream/leadstream/graph/model"
@@ -27,7 +29,44 @@ func (r *Resolver) instanceModel(in store.Instance, webhookSecret string) *model
 	if in.InvalidReason != "" {
 		m.InvalidReason = &in.InvalidReason
 	}
+	if m.EventsEnabled {
+		m.PollInterval, m.PollIntervalNotice = r.pollInterval(in)
+	}
 	return m
+}
+
+// pollInterval is the interval the poller uses for an instance, and a
+// notice when the configured one is below the gateway's floor.
+func (r *Resolver) pollInterval(in store.Instance) (*string, *string) {
+	configured := instance.DefaultRefreshInterval
+	e, ok := in.Get(instance.KeyRefreshInterval)
+	if ok && e.Value != "" {
+		d, err := instance.ParseInterval(e.Value)
+		if err != nil {
+			return nil, nil // validated on input; nothing sensible to say
+		}
+		configured = d
+	}
+	eff := r.Poller.EffectiveInterval(configured)
+	iv := shortDuration(eff)
+	if eff == configured {
+		return &iv, nil
+	}
+	note := fmt.Sprintf("%s %q is below this gateway's floor (POLLER_MIN_INTERVAL=%s): polling every %s",
+		instance.KeyRefreshInterval, e.Value, iv, iv)
+	return &iv, &note
+}
+
+// shortDuration writes 5m rather than 5m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func connectorModel(c connector.Connector) *model.Connector {

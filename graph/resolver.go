@@ -32,9 +32,10 @@ type EventLog interface {
 	Redeliver(ctx context.Context, ev *events.Event, now time.Time) error
 }
 
-// Poller starts polls on demand.
+// Poller starts polls on demand and knows its floor for poll intervals.
 type Poller interface {
 	PollNow(instanceID string) error
+	EffectiveInterval(configured time.Duration) time.Duration
 }
 
 // Resolver holds the resolvers' dependencies.

@@ -62,6 +62,10 @@ type Instance struct {
 	UpdatedAt  time.Time `json:"updatedAt"`
 	// The Marketo poller's view of this instance; null until it first polls.
 	Poller *PollerStatus `json:"poller,omitempty"`
+	// How often the poller polls this instance (a Go duration such as "30s" or "5m"): event.poller.refresh_interval, raised to the gateway's floor POLLER_MIN_INTERVAL when below it. Null when events are not enabled.
+	PollInterval *string `json:"pollInterval,omitempty"`
+	// Set when event.poller.refresh_interval is below POLLER_MIN_INTERVAL, saying that the floor applies instead.
+	PollIntervalNotice *string `json:"pollIntervalNotice,omitempty"`
 }
 
 type Mutation struct {

@@ -109,9 +109,14 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		}
 	}()
 	a.auth = auth.New(st)
-	if err := a.auth.Bootstrap(ctx, cfg.OrgSecret, cfg.UserSecret, stdout); err != nil {
+	hadOrg, err := st.HasOrganization(ctx)
+	if err == nil {
+		err = a.auth.Bootstrap(ctx, cfg.OrgSecret, cfg.UserSecret, stdout)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("app: %w", err)
 	}
+	logOrganizations(log, hadOrg, cfg.OrgSecret != "")
 	verify := func(ctx context.Context, c marketo.Credentials) error {
 		return marketo.VerifyCredentials(ctx, c, a.egress.Marketo())
 	}
@@ -137,6 +142,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		defer cancel()
 		return a.evlog.PendingDeliveries(ctx)
 	})
+	a.metrics.Instances(a.instanceSnapshot, func(err error) { log.Warn("metrics: reading instances", "err", err) })
 	ok = true
 	return a, nil
 }
@@ -151,6 +157,63 @@ type instanceStore struct {
 // DeleteEventsOf removes a deleted instance's events from the log.
 func (s instanceStore) DeleteEventsOf(ctx context.Context, instanceID string) error {
 	return s.log.PurgeInstance(ctx, instanceID)
+}
+
+// instanceSnapshot counts instances by state and how long ago each polled
+// one last succeeded. Both collections hold one small document per
+// instance, so a scrape reads little.
+func (a *App) instanceSnapshot(ctx context.Context) (metrics.InstanceSnapshot, error) {
+	var s metrics.InstanceSnapshot
+	ins, err := a.store.Instances(ctx, "")
+	if err != nil {
+		return s, err
+	}
+	states, err := a.store.PollStates(ctx)
+	if err != nil {
+		return s, err
+	}
+	lastOK := make(map[string]time.Time, len(states))
+	for _, ps := range states {
+		if ps.LastSuccessAt != nil {
+			lastOK[ps.InstanceID] = *ps.LastSuccessAt
+		}
+	}
+	now := time.Now()
+	for _, in := range ins {
+		switch {
+		case in.Disabled:
+			s.Disabled++
+			continue
+		case !in.Valid:
+			s.Invalid++
+			continue
+		}
+		s.Valid++
+		if e, ok := in.Get(instance.KeyEventsEnabled); !ok || e.Value != "true" {
+			continue
+		}
+		since, ok := lastOK[in.ID]
+		if !ok {
+			since = in.CreatedAt
+		}
+		s.SincePollSuccess = append(s.SincePollSuccess, now.Sub(since))
+	}
+	return s, nil
+}
+
+// logOrganizations says at start-up whether an organization exists and how
+// to get credentials when its secrets were lost (they are stored hashed).
+func logOrganizations(log *slog.Logger, hadOrg, fromEnv bool) {
+	switch {
+	case fromEnv:
+		log.Info("organization from ORGANIZATION_SECRET and USER_SECRET is ready", "existed_before", hadOrg)
+	case hadOrg:
+		log.Info("an organization exists; its secrets are stored hashed and not shown again. " +
+			"Lost them? Start with ORGANIZATION_SECRET and USER_SECRET set to a new pair: that organization is created " +
+			"(instances stay with the organization that made them)")
+	default:
+		log.Info("created the first organization; its secrets were printed once on standard output")
+	}
 }
 
 // instanceChanged makes every change take effect without a restart: it is

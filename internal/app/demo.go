@@ -3,9 +3,11 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/leadstream/leadstream/internal/config"
@@ -70,15 +72,19 @@ func runDemo(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) e
 Leadstream demo: a fake Marketo produces about 3 lead activities a second,
 polled every %s into instance %s.
 
-Open GraphiQL at %s/ and set the header
-  {"Authorization": "%s"}
+Open GraphiQL at %[3]s/ and put in its Headers tab
+  {"Authorization": "%[4]s"}
 then run
-  subscription { marketoEvents(instanceId: "%s") { cursor eventType objectType objectId occurredAt payload } }
+  subscription { marketoEvents(instanceId: "%[2]s") { cursor eventType objectType objectId occurredAt payload } }
+
+Or follow the same events as Server-Sent Events with curl:
+  curl -N %[3]s/graphql -H 'Authorization: %[4]s' -H 'Accept: text/event-stream' -H 'Content-Type: application/json' \
+    -d '{"query":"subscription { marketoEvents(instanceId: \"%[2]s\") { cursor eventType payload } }"}'
 
 Webhooks for this instance go to
-  %s
+  %[5]s
 
-`, defaultDemoInterval, created.Instance.ID, cfg.PublicURL, authz, created.Instance.ID,
+`, defaultDemoInterval, created.Instance.ID, cfg.PublicURL, authz,
 		a.instances.WebhookURL(created.Instance.ID, created.WebhookSecret))
 	return a.Run(ctx, nil)
 }
@@ -89,6 +95,10 @@ const defaultDemoInterval = 2 * time.Second // a demo should show events at once
 // lead activities a second, until ctx ends.
 func runFakeMarketo(ctx context.Context, addr string, stdout io.Writer) error {
 	fm, err := marketotest.NewAt(addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("fake Marketo: %s is already in use (by another fake Marketo, or another program): "+
+			"stop that one, or pick a free address: make fake-marketo FAKE_MARKETO_ADDR=127.0.0.1:9091", addr)
+	}
 	if err != nil {
 		return err
 	}

@@ -300,7 +300,7 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 		id, err := a.auth.Authenticate(ctx, r.Header.Get("Authorization"))
 		if err != nil {
 			code, status := apperr.Unauthenticated, http.StatusUnauthorized
-			msg := auth.ErrUnauthenticated.Error()
+			msg := auth.UnauthenticatedMessage
 			if !errors.Is(err, auth.ErrUnauthenticated) {
 				a.log.Error("graphql auth", "err", err)
 				code, status, msg = apperr.Internal, http.StatusInternalServerError, "internal error"

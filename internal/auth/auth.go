@@ -21,8 +21,12 @@ import (
 	"github.com/leadstream/leadstream/internal/store"
 )
 
+// UnauthenticatedMessage is what a caller is told when its credentials
+// are refused (in plain words, without this package's prefix).
+const UnauthenticatedMessage = "missing or wrong credentials: send Authorization: User <userSecret>, Organization <orgSecret> (or Element <instance token>)"
+
 // ErrUnauthenticated means the credentials are missing, malformed or wrong.
-var ErrUnauthenticated = errors.New("auth: missing or wrong credentials: send Authorization: User <userSecret>, Organization <orgSecret> (or Element <instance token>)")
+var ErrUnauthenticated = errors.New("auth: " + UnauthenticatedMessage)
 
 // Identity is the authenticated caller.
 type Identity struct {

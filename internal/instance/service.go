@@ -161,6 +161,8 @@ func (s *Service) Create(ctx context.Context, orgID string, in CreateInput) (Cre
 		return Created{}, fmt.Errorf("instance: %w", err)
 	}
 	s.changed(c.Instance.ID, &c.Instance)
+	s.log.Info("instance created", "instance", c.Instance.ID, "org", orgID, "name", c.Instance.Name,
+		"events_enabled", val(cfg, KeyEventsEnabled) == "true", "from_code", in.Code != "")
 	return c, nil
 }
 
@@ -234,6 +236,14 @@ func (s *Service) Update(ctx context.Context, orgID, id string, in UpdateInput) 
 		return out, s.notFound(err)
 	}
 	s.changed(id, &out)
+	keys := make([]string, 0, len(patch))
+	for k := range patch {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	// Key names only: values may be secrets.
+	s.log.Info("instance updated", "instance", id, "org", orgID, "config_keys", keys,
+		"disabled", out.Disabled, "credentials_changed", credsChanged)
 	return out, nil
 }
 
@@ -248,6 +258,7 @@ func (s *Service) RotateWebhookSecret(ctx context.Context, orgID, id string) (st
 		return out, "", s.notFound(err)
 	}
 	s.changed(id, &out)
+	s.log.Info("instance webhook secret rotated", "instance", id, "org", orgID)
 	return out, secret, nil
 }
 
@@ -271,6 +282,7 @@ func (s *Service) Delete(ctx context.Context, orgID, id string) error {
 		return s.notFound(err)
 	}
 	s.changed(id, nil)
+	s.log.Info("instance deleted", "instance", id, "org", orgID)
 	if err := s.store.DeleteEventsOf(ctx, id); err != nil {
 		s.log.Error("delete events of deleted instance", "instance", id, "err", err)
 	}

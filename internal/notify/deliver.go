@@ -90,22 +90,22 @@ func (n *Notifier) handle(ctx context.Context, j events.DeliveryJob) {
 	a, delivered := n.post(ctx, ev, target, key, d.Attempts+1)
 	d.Attempts = a.Attempt
 	now := n.o.Now()
-	log = log.With("attempt", a.Attempt)
+	// Logged in aggregate (per instance and period), never a line per attempt.
 	switch {
 	case delivered:
 		d.State, d.DeliveredAt, d.LastError = events.DeliveryDelivered, &now, nil
-		log.Debug("notify: delivered", "status", *a.StatusCode)
+		n.delivered.Add(ev.InstanceID, map[string]int64{"delivered": 1}, "status", *a.StatusCode)
 		n.observe(OutcomeDelivered)
 	case d.Attempts >= MaxAttempts:
 		d.State = events.DeliveryFailed
 		d.LastError = ptr(fmt.Sprintf("gave up after %d attempts; last: %s", d.Attempts, *a.Error))
-		log.Warn("notify: giving up", "err", *a.Error)
+		n.failures.Add(ev.InstanceID, map[string]int64{"failed_attempts": 1, "gave_up": 1}, "event", ev.ID, "err", *a.Error)
 		n.observe(OutcomeFailedAttempt)
 		n.observe(OutcomeGaveUp)
 	default:
 		next := now.Add(n.backoff(d.Attempts))
 		d.NextAttemptAt, d.LastError = &next, a.Error
-		log.Debug("notify: attempt failed", "err", *a.Error, "retryAt", next)
+		n.failures.Add(ev.InstanceID, map[string]int64{"failed_attempts": 1, "gave_up": 0}, "event", ev.ID, "err", *a.Error)
 		n.observe(OutcomeFailedAttempt)
 	}
 	n.finish(ctx, j, &a, d)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/logsummary"
 )
 
 // MaxAttempts bounds the POSTs of one event: the first one plus 9 retries.
@@ -75,7 +76,13 @@ type Notifier struct {
 	log     *slog.Logger
 
 	running atomic.Bool
+
+	// failures and delivered log attempts in aggregate, never one line each.
+	failures, delivered *logsummary.Summary
 }
+
+// SummaryEvery is how often at most the notifier logs its delivery summaries.
+const SummaryEvery = time.Minute
 
 // New prepares a Notifier; nothing runs until Run.
 func New(q Queue, t Targets, o Options) *Notifier {
@@ -107,7 +114,11 @@ func New(q Queue, t Targets, o Options) *Notifier {
 		client = &c
 	}
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Notifier{queue: q, targets: t, o: o, client: client, log: o.Logger.With("component", "notify")}
+	log := o.Logger.With("component", "notify")
+	return &Notifier{queue: q, targets: t, o: o, client: client, log: log,
+		failures:  logsummary.New(log, slog.LevelWarn, "notify: callback deliveries failing", SummaryEvery),
+		delivered: logsummary.New(log, slog.LevelDebug, "notify: delivered", SummaryEvery),
+	}
 }
 
 // Run delivers until ctx ends, then waits for the attempts in flight: each
@@ -119,6 +130,8 @@ func (n *Notifier) Run(ctx context.Context) error {
 	}
 	defer n.running.Store(false)
 	defer n.client.CloseIdleConnections() // after the drain below: no keep-alive goroutines outlive Run
+	defer n.delivered.Flush()
+	defer n.failures.Flush()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -37,6 +37,13 @@ func (p *Poller) pollOnce(ctx context.Context, id string, state *store.PollState
 	if err != nil && ctx.Err() == nil {
 		p.log.Warn("poller: poll failed", "instance", id, "err", err)
 	}
+	if polled && ctx.Err() == nil {
+		failed := int64(0)
+		if err != nil {
+			failed = 1
+		}
+		p.polls.Add(id, map[string]int64{"polls": 1, "failed": failed, "new_events": o.newEvents}, "duration", time.Since(start).Round(time.Millisecond))
+	}
 	return o
 }
 
@@ -81,6 +88,8 @@ func (p *Poller) poll(ctx context.Context, id string, state *store.PollState) (o
 		st.PausedUntil = nil
 	}
 	st.LastPollAt = &now
+	before := st.EventsIngested
+	defer func() { o.newEvents = st.EventsIngested - before }()
 
 	client := p.clients.get(id, marketo.Credentials{
 		ClientID: set.ClientID, ClientSecret: set.ClientSecret,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/instance"
+	"github.com/leadstream/leadstream/internal/logsummary"
 	"github.com/leadstream/leadstream/internal/marketo"
 	"github.com/leadstream/leadstream/internal/secrets"
 	"github.com/leadstream/leadstream/internal/store"
@@ -104,7 +105,14 @@ type Poller struct {
 	mu       sync.Mutex
 	nowQueue map[string]struct{} // instances PollNow asked for
 	running  bool
+
+	// polls logs what polls did: the first after a quiet spell at once,
+	// then one summary line per period.
+	polls *logsummary.Summary
 }
+
+// SummaryEvery is how often at most the poller logs a summary of its polls.
+const SummaryEvery = time.Minute
 
 // New makes a Poller; it does nothing until Run.
 func New(s Store, ing Ingester, pos Positions, box *secrets.Box, o Options) *Poller {
@@ -139,6 +147,7 @@ func New(s Store, ing Ingester, pos Positions, box *secrets.Box, o Options) *Pol
 		refresh:  make(chan struct{}, 1),
 		wake:     make(chan struct{}, 1),
 		nowQueue: map[string]struct{}{},
+		polls:    logsummary.New(o.Logger, slog.LevelInfo, "poller: polled", SummaryEvery),
 	}
 }
 
@@ -160,6 +169,7 @@ func (p *Poller) Run(ctx context.Context) error {
 	}()
 	s := &scheduler{p: p, entries: map[string]*entry{}, done: make(chan outcome)}
 	s.run(ctx)
+	p.polls.Flush()
 	return nil
 }
 
@@ -231,7 +241,13 @@ func notPollable(in store.Instance, set instance.Settings) string {
 
 // interval is an instance's poll interval before jitter.
 func (p *Poller) interval(set instance.Settings) time.Duration {
-	return max(set.RefreshInterval, p.opts.MinInterval)
+	return p.EffectiveInterval(set.RefreshInterval)
+}
+
+// EffectiveInterval is the interval used for a configured one: never below
+// the floor (Options.MinInterval).
+func (p *Poller) EffectiveInterval(configured time.Duration) time.Duration {
+	return max(configured, p.opts.MinInterval)
 }
 
 // jitter spreads d by ±10% so that instances created together drift apart.
@@ -269,6 +285,7 @@ type outcome struct {
 	more        bool             // stopped at maxPagesPerPoll: poll again now
 	pausedUntil time.Time        // daily quota: not before then
 	interval    time.Duration    // from the settings the poll read, 0 if none
+	newEvents   int64            // events this poll ingested
 	state       *store.PollState // as saved; nil when unknown
 }
 

@@ -36,3 +36,17 @@ func (s *Store) SavePollState(ctx context.Context, p PollState) error {
 	_, err := s.db.Collection(colPollStates).ReplaceOne(ctx, bson.D{{Key: "_id", Value: p.InstanceID}}, p, options.Replace().SetUpsert(true))
 	return wrap("save poll state", err)
 }
+
+// PollStates returns every instance's poll state (one small document per
+// instance; read by /metrics).
+func (s *Store) PollStates(ctx context.Context) ([]PollState, error) {
+	cur, err := s.db.Collection(colPollStates).Find(ctx, bson.D{})
+	if err != nil {
+		return nil, wrap("list poll states", err)
+	}
+	var out []PollState
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, wrap("list poll states", err)
+	}
+	return out, nil
+}
