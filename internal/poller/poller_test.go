@@ -199,12 +199,13 @@ func TestCrashBetweenIngestAndSaveStoresNoDuplicates(t *testing.T) {
 			})
 			addLeadActivities(e.fake, batch)
 			e.waitStored(in.ID, 2*batch, patience)
+			// The log has the events before the poll saves its state: stop
+			// only once the state counts them, or the stop cancels the save.
+			eventually(t, patience, func() (bool, string) {
+				ps := e.pollState(in.ID)
+				return ps.EventsIngested == 2*batch, fmt.Sprintf("eventsIngested %d, want %d", ps.EventsIngested, 2*batch)
+			})
 			stopA()
-
-			ps := e.pollState(in.ID)
-			if ps.EventsIngested != 2*batch {
-				t.Fatalf("eventsIngested %d, want %d", ps.EventsIngested, 2*batch)
-			}
 			if err := e.st.SavePollState(t.Context(), tt.rewind(first)); err != nil {
 				t.Fatal(err)
 			}
