@@ -326,6 +326,9 @@ func (a *App) cleanup(ctx context.Context) error {
 	}
 }
 
+// EventLog is the gateway's event log (the benchmark seeds it directly).
+func (a *App) EventLog() *eventlog.Log { return a.evlog }
+
 // CreateOrganization creates an organization and a user with the given
 // secrets (tests and the demo use it; there is no API for it yet).
 func (a *App) CreateOrganization(ctx context.Context, orgSecret, userSecret string) error {

@@ -93,29 +93,36 @@ func startGateway(ctx context.Context, dir string) (*gateway, error) {
 	}
 	g.marketo = marketotest.New()
 	g.marketo.AddClient("bench-cid", "bench-csecret")
+	if g.InstanceID, g.WebhookURL, err = g.createInstance(ctx, "bench"); err != nil {
+		g.Stop()
+		return nil, err
+	}
+	return g, nil
+}
+
+// createInstance provisions an instance on the fake Marketo and returns its
+// id and secret-bearing webhook URL.
+func (g *gateway) createInstance(ctx context.Context, name string) (id, webhookURL string, err error) {
 	var out struct {
 		CreateInstance struct {
 			ID         string `json:"id"`
 			WebhookURL string `json:"webhookUrl"`
 		} `json:"createInstance"`
 	}
-	err = g.graphql(ctx, `mutation($cfg: JSON!){ createInstance(input: {connector: {key: "marketo"}, name: "bench", configuration: $cfg}) { id webhookUrl } }`,
-		map[string]any{"cfg": map[string]string{
+	err = g.graphql(ctx, `mutation($cfg: JSON!, $name: String!){ createInstance(input: {connector: {key: "marketo"}, name: $name, configuration: $cfg}) { id webhookUrl } }`,
+		map[string]any{"name": name, "cfg": map[string]string{
 			"oauth.api.key": "bench-cid", "oauth.api.secret": "bench-csecret",
 			"marketo.identity.url": g.marketo.IdentityURL(), "marketo.rest.url": g.marketo.RESTURL(),
 			// Keep the poller out of the way: one poll a day.
 			"event.poller.refresh_interval": "1440",
 		}}, &out)
 	if err != nil {
-		g.Stop()
-		return nil, err
+		return "", "", err
 	}
-	g.InstanceID, g.WebhookURL = out.CreateInstance.ID, out.CreateInstance.WebhookURL
-	if g.InstanceID == "" || !strings.Contains(g.WebhookURL, "secret=") {
-		g.Stop()
-		return nil, fmt.Errorf("createInstance answered %+v", out.CreateInstance)
+	if out.CreateInstance.ID == "" || !strings.Contains(out.CreateInstance.WebhookURL, "secret=") {
+		return "", "", fmt.Errorf("createInstance answered %+v", out.CreateInstance)
 	}
-	return g, nil
+	return out.CreateInstance.ID, out.CreateInstance.WebhookURL, nil
 }
 
 func (g *gateway) graphql(ctx context.Context, query string, vars map[string]any, v any) error {
@@ -160,7 +167,12 @@ func (g *gateway) liveSubscriptions() (int, error) {
 
 // post sends one webhook and reports whether it was accepted (202).
 func (g *gateway) post(ctx context.Context, body []byte) (bool, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, g.WebhookURL, bytes.NewReader(body))
+	return g.postTo(ctx, g.WebhookURL, body)
+}
+
+// postTo sends one webhook to url with the gateway's client.
+func (g *gateway) postTo(ctx context.Context, url string, body []byte) (bool, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := g.http.Do(req)
 	if err != nil {

@@ -47,7 +47,7 @@ type IngestResult struct {
 
 // runIngest has c posters send webhooks back to back; the rate counts the
 // 202s in the measured window after a warm-up.
-func runIngest(ctx context.Context, g *gateway, c int, warmup, d time.Duration) IngestResult {
+func runIngest(ctx context.Context, post func(context.Context, []byte) (bool, error), c int, warmup, d time.Duration) IngestResult {
 	var accepted, failed, seq atomic.Int64
 	var firstErr atomic.Pointer[string]
 	stop := make(chan struct{})
@@ -63,7 +63,7 @@ func runIngest(ctx context.Context, g *gateway, c int, warmup, d time.Duration) 
 				default:
 				}
 				n := seq.Add(1)
-				if ok, err := g.post(ctx, eventBody(n, time.Now().UnixNano())); ok {
+				if ok, err := post(ctx, eventBody(n, time.Now().UnixNano())); ok {
 					accepted.Add(1)
 				} else {
 					failed.Add(1)

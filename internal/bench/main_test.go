@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 func TestQuickRun(t *testing.T) {
 	o := DefaultOptions(true)
 	o.Subs, o.Idle, o.Posters, o.FanoutPosters = 20, []int{200}, []int{1, 4}, 4
-	o.InsertDur, o.IngestWarm, o.IngestDur = time.Second, 200*time.Millisecond, time.Second
+	o.HistoryEvents, o.IngestWarm, o.IngestDur = 20_000, 200*time.Millisecond, time.Second
 	o.FanoutWarm, o.FanoutDur, o.LatencyDur = 300*time.Millisecond, time.Second, time.Second
 	o.JSONPath = filepath.Join(t.TempDir(), "bench.json")
 	o.Log = testWriter{t}
@@ -40,6 +40,7 @@ func TestQuickRun(t *testing.T) {
 		"ingest_c1": true, "ingest_c4": true, "ingest_best": true, "fanout_events_in": true,
 		"fanout_msgs_delivered": true, "latency_rate": true, "latency_p50": true, "latency_p99": true,
 		"latency_max": true, "idle_rss_200": true, "idle_goroutines_200": true,
+		"history_first": true, "history_after": true, "replay": true,
 	}
 	for _, f := range res.Figures {
 		delete(want, f.Key)
@@ -56,8 +57,8 @@ func TestQuickRun(t *testing.T) {
 	for k := range want {
 		t.Errorf("figure %s missing", k)
 	}
-	if res.Details.Insert.PerSec <= 0 || res.Details.MessageBytes <= 0 {
-		t.Errorf("details: insert %v/s, message %d bytes", res.Details.Insert.PerSec, res.Details.MessageBytes)
+	if len(res.Details.RawIngest) != 2 || res.Details.RawIngest[0].PerSec <= 0 || res.Details.MessageBytes <= 0 {
+		t.Errorf("details: raw ingest %+v, message %d bytes", res.Details.RawIngest, res.Details.MessageBytes)
 	}
 	for _, side := range []FanoutDetails{res.Details.Gateway, res.Details.Raw} {
 		if !side.Max.Drained || side.Max.Ended > 0 || side.Latency.DeliveredFrac < 0.5 {

@@ -203,6 +203,9 @@ func (l *Log) Read(ctx context.Context, f events.Filter, after int64, limit int)
 	subs, coarse := filterSubjects(f)
 	out := make([]*events.Event, 0, min(limit, 512))
 	next := uint64(after) + 1
+	if len(subs) == 1 && l.replicas == 1 {
+		return l.readDirect(ctx, subs[0], next, limit, f, coarse, out)
+	}
 	for len(out) < limit {
 		want := limit - len(out)
 		cons, err := l.events.CreateConsumer(ctx, jetstream.ConsumerConfig{
@@ -228,6 +231,67 @@ func (l *Log) Read(ctx context.Context, f events.Filter, after int64, limit int)
 		next = last + 1
 	}
 	return out, nil
+}
+
+// readDirect reads with JetStream's batched direct get: one request, no
+// consumer, the server walking its per-subject index from next. Only with
+// one replica: with several, any replica may answer a direct get, and a
+// lagging one could miss an event the live tail had already passed.
+func (l *Log) readDirect(ctx context.Context, subj string, next uint64, limit int, f events.Filter, coarse bool, out []*events.Event) ([]*events.Event, error) {
+	for len(out) < limit {
+		want := limit - len(out)
+		req, _ := json.Marshal(map[string]any{"seq": next, "next_by_subj": subj, "batch": want})
+		inbox := l.nc.NewRespInbox()
+		sub, err := l.nc.SubscribeSync(inbox)
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read: %w", err)
+		}
+		got, last, err := l.directBatch(ctx, sub, inbox, req, f, coarse, &out)
+		_ = sub.Unsubscribe()
+		if err != nil {
+			return nil, err
+		}
+		if got < want {
+			break
+		}
+		next = last + 1
+	}
+	return out, nil
+}
+
+func (l *Log) directBatch(ctx context.Context, sub *nats.Subscription, inbox string, req []byte, f events.Filter, coarse bool, out *[]*events.Event) (int, uint64, error) {
+	if err := l.nc.PublishRequest("$JS.API.DIRECT.GET."+StreamEvents, inbox, req); err != nil {
+		return 0, 0, fmt.Errorf("eventlog: read: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	got, last := 0, uint64(0)
+	for {
+		m, err := sub.NextMsgWithContext(rctx)
+		if err != nil {
+			return 0, 0, fmt.Errorf("eventlog: read: %w", err)
+		}
+		switch st := m.Header.Get("Status"); st {
+		case "":
+		case "404", "204": // no (more) messages; end of batch
+			return got, last, nil
+		default:
+			return 0, 0, fmt.Errorf("eventlog: read: direct get answered %s %s", st, m.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("eventlog: read: direct get without a sequence")
+		}
+		got, last = got+1, seq
+		e, err := decode(seq, m.Data)
+		if err != nil {
+			l.log.Warn("eventlog: skipping an unreadable message", "err", err)
+			continue
+		}
+		if !coarse || f.Match(e) {
+			*out = append(*out, e)
+		}
+	}
 }
 
 // fetch reads up to n messages from a fresh consumer, appending the events
