@@ -116,7 +116,11 @@ func (l *Log) AppendPage(ctx context.Context, evs []*events.Event, pos events.Po
 	id := nuid.Next()
 	var commit *nats.Msg
 	for i, e := range evs {
-		m := l.message(e)
+		// No message id: a page is all or none and its position says what
+		// was appended, so a de-duplication entry per event would cost the
+		// server for nothing.
+		m := nats.NewMsg(eventSubject(e))
+		m.Data = encode(e)
 		m.Header.Set("Nats-Batch-Id", id)
 		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
 		if i < len(evs)-1 {
