@@ -244,6 +244,22 @@ func (l *Log) Read(ctx context.Context, f events.Filter, after int64, limit int)
 func (l *Log) readDirect(ctx context.Context, subj string, next uint64, limit int, f events.Filter, coarse bool, out []*events.Event) ([]*events.Event, error) {
 	for len(out) < limit {
 		want := limit - len(out)
+		// A batch costs the server a count of every matching message up to
+		// the end of the log (its pending header), which grows with the log
+		// when reading from far back; single gets cost one index lookup
+		// each. Small pages (history queries) go one by one, replay pages
+		// in batches.
+		if want <= smallRead {
+			e, seq, err := l.directNext(ctx, subj, next)
+			if err != nil || seq == 0 {
+				return out, err
+			}
+			if e != nil && (!coarse || f.Match(e)) {
+				out = append(out, e)
+			}
+			next = seq + 1
+			continue
+		}
 		req, _ := json.Marshal(map[string]any{"seq": next, "next_by_subj": subj, "batch": want})
 		inbox := l.nc.NewRespInbox()
 		sub, err := l.nc.SubscribeSync(inbox)
@@ -261,6 +277,38 @@ func (l *Log) readDirect(ctx context.Context, subj string, next uint64, limit in
 		next = last + 1
 	}
 	return out, nil
+}
+
+// smallRead is the largest page read with single direct gets.
+const smallRead = 101
+
+// directNext returns the first event on subj at or after seq, and its
+// sequence (0: none).
+func (l *Log) directNext(ctx context.Context, subj string, seq uint64) (*events.Event, uint64, error) {
+	req, _ := json.Marshal(map[string]any{"seq": seq, "next_by_subj": subj})
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	m, err := l.nc.RequestWithContext(rctx, "$JS.API.DIRECT.GET."+StreamEvents, req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("eventlog: read: %w", err)
+	}
+	switch st := m.Header.Get("Status"); st {
+	case "":
+	case "404":
+		return nil, 0, nil
+	default:
+		return nil, 0, fmt.Errorf("eventlog: read: direct get answered %s %s", st, m.Header.Get("Description"))
+	}
+	at, err := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+	if err != nil || at == 0 {
+		return nil, 0, fmt.Errorf("eventlog: read: direct get without a sequence")
+	}
+	e, err := decode(at, m.Data)
+	if err != nil {
+		l.log.Warn("eventlog: skipping an unreadable message", "err", err)
+		return nil, at, nil
+	}
+	return e, at, nil
 }
 
 func (l *Log) directBatch(ctx context.Context, sub *nats.Subscription, inbox string, req []byte, f events.Filter, coarse bool, out *[]*events.Event) (int, uint64, error) {
