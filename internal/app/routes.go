@@ -62,7 +62,7 @@ func (a *App) Handler() http.Handler {
 	route("/oauth/marketo/authorize", a.connect.Page())
 	route("/events/marketo/{id}", webhook.Handler(a.instances, a.ingester, a.log, a.metrics.Webhook))
 
-	api := rest.New(a.auth, a.instances, a.connect, a.conns, a.log)
+	api := rest.New(a.authenticateHTTP, a.instances, a.connect, a.conns, a.log)
 	route("GET /elements/{key}/oauth/url", api.OAuthURL())
 	route("POST /instances", api.CreateInstance())
 	route("GET /instances", api.ListInstances())
@@ -274,6 +274,13 @@ func (a *App) wsInit(ctx context.Context, p transport.InitPayload) (context.Cont
 
 type upgradeAuthKey struct{}
 
+// authenticateHTTP checks the credentials of a GraphQL or REST request:
+// the one place for HTTP, where what applies to every such check (such as
+// throttling failures per client) belongs.
+func (a *App) authenticateHTTP(r *http.Request) (auth.Identity, error) {
+	return a.auth.Authenticate(r.Context(), r.Header.Get("Authorization"))
+}
+
 // requireAuth authenticates every GraphQL request. Websocket upgrades are
 // authenticated in connection_init instead. Subscriptions (websocket and
 // SSE) are tied to the app's streams context so shutdown can end them.
@@ -297,7 +304,7 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 			stop := context.AfterFunc(a.streams, cancel)
 			defer stop()
 		}
-		id, err := a.auth.Authenticate(ctx, r.Header.Get("Authorization"))
+		id, err := a.authenticateHTTP(r)
 		if err != nil {
 			code, status := apperr.Unauthenticated, http.StatusUnauthorized
 			msg := auth.UnauthenticatedMessage

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/leadstream/leadstream/internal/apperr"
@@ -58,6 +59,11 @@ func (api *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusInternalServerError
 		body.Code, body.Message = apperr.Internal, "internal error"
 		api.log.Error("rest: internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	if e, ok := apperr.As(err); ok && status == http.StatusTooManyRequests {
+		if secs, ok := e.Extra["retryAfter"].(int); ok {
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+		}
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `User realm="leadstream", Organization, Element`)

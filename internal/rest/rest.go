@@ -20,10 +20,9 @@ import (
 	"github.com/leadstream/leadstream/internal/store"
 )
 
-// Authenticator checks an Authorization value.
-type Authenticator interface {
-	Authenticate(ctx context.Context, header string) (auth.Identity, error)
-}
+// Authenticate checks a request's credentials; it is the app's, shared
+// with GraphQL over HTTP, so both are throttled and scoped alike.
+type Authenticate func(r *http.Request) (auth.Identity, error)
 
 // Connect starts the hosted connect flow.
 type Connect interface {
@@ -49,7 +48,7 @@ type Connectors interface {
 
 // API is the REST surface's dependencies; its methods are the handlers.
 type API struct {
-	auth      Authenticator
+	auth      Authenticate
 	instances Instances
 	connect   Connect
 	conns     Connectors
@@ -57,7 +56,7 @@ type API struct {
 }
 
 // New returns the REST surface over the given services.
-func New(a Authenticator, inst Instances, c Connect, conns Connectors, log *slog.Logger) *API {
+func New(a Authenticate, inst Instances, c Connect, conns Connectors, log *slog.Logger) *API {
 	return &API{auth: a, instances: inst, connect: c, conns: conns, log: log}
 }
 
@@ -65,7 +64,7 @@ func New(a Authenticator, inst Instances, c Connect, conns Connectors, log *slog
 // 200, or its error through the error table.
 func (api *API) handler(fn func(r *http.Request, who auth.Identity) (any, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		who, err := api.auth.Authenticate(r.Context(), r.Header.Get("Authorization"))
+		who, err := api.auth(r)
 		if err != nil {
 			api.fail(w, r, err)
 			return

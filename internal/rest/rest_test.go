@@ -215,6 +215,27 @@ func TestInstanceRoutes(t *testing.T) {
 	}
 }
 
+// Every route, not only REST's, is also served under the seed's prefix.
+func TestPrefixServesEveryRoute(t *testing.T) {
+	g := apptest.Start(t, "", nil)
+	if st, raw := g.REST(t, "", "GET", prefix+"/healthz", nil); st != 200 || !strings.Contains(string(raw), "ok") {
+		t.Fatalf("healthz: %d %s", st, raw)
+	}
+	st, raw := g.REST(t, apptest.AuthA, "POST", prefix+"/graphql", map[string]any{"query": "{ connectors { key } }"})
+	if st != 200 || !strings.Contains(string(raw), `"key":"marketo"`) {
+		t.Fatalf("graphql: %d %s", st, raw)
+	}
+	if st, raw := g.REST(t, "", "GET", prefix+"/", nil); st != 200 || !strings.Contains(string(raw), "<") {
+		t.Fatalf("GraphiQL: %d %.100s", st, raw)
+	}
+	if st, raw := g.REST(t, "", "GET", prefix+"/oauth/marketo/authorize?request=unknown", nil); st == 200 || strings.Contains(string(raw), "404 page not found") {
+		t.Fatalf("connect page with an unknown request: %d %.200s", st, raw)
+	}
+	sub := apptest.Subscribe(t, g.URL+prefix, "graphql-transport-ws", apptest.AuthA, `subscription { marketoEvents { id } }`, nil)
+	defer sub.Close()
+	g.WaitSubscriptions(t, 1)
+}
+
 type errorJSON struct {
 	Message string
 	Code    string
