@@ -66,5 +66,5 @@ build:
 
 ## bench: end-to-end load benchmark and micro-benchmarks
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/events/ ./internal/gorillaws/
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/events/
 	$(GO) run ./internal/bench

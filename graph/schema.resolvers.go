@@ -298,43 +298,10 @@ func (r *queryResolver) Deliveries(ctx context.Context, instanceID string, first
 	return out, nil
 }
 
-// MarketoEvents is the resolver for the marketoEvents field.
+// MarketoEvents is the resolver for the marketoEvents field. gqlgen needs
+// it; Schema serves every subscription through Open (subscription.go).
 func (r *subscriptionResolver) MarketoEvents(ctx context.Context, instanceID *string, after *string, eventTypes []string, objectTypes []string, sources []events.Source) (<-chan *events.Event, error) {
-	who, err := reader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	f := events.Filter{OrgID: who.OrgID, InstanceID: deref(instanceID), EventTypes: eventTypes, ObjectTypes: objectTypes, Sources: sources}
-	if who.Scoped() {
-		// An Element token's subscription without an id is its instance's,
-		// and ends when the token is replaced. (A rotation between the read
-		// below and the subscription's start is not seen by it.)
-		if f.InstanceID == "" {
-			f.InstanceID = who.InstanceID
-		}
-		f.TokenHash = who.TokenHash
-	}
-	if f.InstanceID != "" {
-		in, err := r.Resolver.Instances.Read(ctx, who, f.InstanceID)
-		if err != nil {
-			return nil, err
-		}
-		if in.Disabled {
-			return nil, apperr.New(apperr.Ended, "the instance is disabled")
-		}
-	}
-	if _, err := events.ParseCursor(deref(after)); err != nil {
-		return nil, apperr.Wrap(apperr.BadUserInput, err, "after is not a cursor of this API")
-	}
-	st, err := events.Streamer{Broker: r.Broker, History: r.EventLog}.Open(ctx, f, deref(after))
-	if err != nil {
-		return nil, err
-	}
-	setStreamEnd(ctx, st.Err)
-	if feed, ok := tapStream(ctx, st); ok {
-		return feed, nil
-	}
-	return st.C, nil
+	return nil, errServedByOpen
 }
 
 // Instance returns InstanceResolver implementation.

@@ -28,6 +28,7 @@ import (
 	"github.com/leadstream/leadstream/internal/poller"
 	"github.com/leadstream/leadstream/internal/secrets"
 	"github.com/leadstream/leadstream/internal/store"
+	"github.com/leadstream/leadstream/internal/subscribe"
 )
 
 // App is one running gateway.
@@ -49,9 +50,9 @@ type App struct {
 	egress    *egress.Client
 	ln        net.Listener
 
-	// wsConns are the goroutines serving websocket connections.
-	wsConns sync.WaitGroup
-	// streams is the parent of every subscription, ended at shutdown.
+	// ws serves websocket connections; Handler builds it.
+	ws *subscribe.Server
+	// streams is the parent of every SSE stream, ended at shutdown.
 	streams    context.Context
 	endStreams context.CancelFunc
 }
@@ -286,27 +287,15 @@ func (a *App) Run(ctx context.Context, ready func(addr string)) error {
 	// Subscriptions are long-lived: they end now, while ordinary requests
 	// (webhooks being stored) are left to finish.
 	a.endStreams()
+	a.ws.Close()
 	if err := srv.Shutdown(sctx); err != nil {
 		a.log.Warn("http shutdown", "err", err)
 		_ = srv.Close()
 	}
-	a.waitWebsockets(sctx)
 	stopBG()
 	wg.Wait()
 	a.ingester.Close()
 	return nil
-}
-
-// waitWebsockets waits for websocket connections to finish closing, which
-// ending the streams context started.
-func (a *App) waitWebsockets(ctx context.Context) {
-	done := make(chan struct{})
-	go func() { a.wsConns.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		a.log.Warn("websocket connections still closing at shutdown deadline")
-	}
 }
 
 // cleanup removes expired connect requests and codes; the embedded store

@@ -13,24 +13,23 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/99designs/gqlgen/graphql"
-	"github.com/99designs/gqlgen/graphql/handler"
+	"github.com/99designs/gqlgen/graphql/executor"
 	"github.com/99designs/gqlgen/graphql/handler/extension"
 	"github.com/99designs/gqlgen/graphql/handler/lru"
 	"github.com/99designs/gqlgen/graphql/handler/transport"
-	"github.com/gorilla/websocket"
 	"github.com/vektah/gqlparser/v2/ast"
 	"github.com/vektah/gqlparser/v2/gqlerror"
 
 	"github.com/leadstream/leadstream/graph"
 	"github.com/leadstream/leadstream/internal/apperr"
 	"github.com/leadstream/leadstream/internal/auth"
-	"github.com/leadstream/leadstream/internal/gorillaws"
+	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/playground"
 	"github.com/leadstream/leadstream/internal/rest"
+	"github.com/leadstream/leadstream/internal/subscribe"
 	"github.com/leadstream/leadstream/internal/webhook"
 )
 
@@ -55,7 +54,7 @@ func (a *App) Handler() http.Handler {
 		}
 		mux.Handle(strings.TrimSpace(method+" "+seedPrefix+path), http.StripPrefix(seedPrefix, h))
 	}
-	route("/graphql", a.requireAuth(a.graphqlHandler()))
+	route("/graphql", a.graphqlHandler())
 	pg := playground.Handler()
 	route("GET /{$}", pg)
 	route("GET /playground/", pg)
@@ -209,70 +208,87 @@ func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(s.ResponseWriter).Hijack()
 }
 
+// graphqlHandler serves /graphql: websocket upgrades through our
+// transport (internal/subscribe), everything else through gqlgen's HTTP
+// transports (POST, GET, SSE). Both run one executor, with one query cache,
+// one set of extensions and limits, and one error presenter.
 func (a *App) graphqlHandler() http.Handler {
 	res := &graph.Resolver{
 		Connectors: a.conns, Connect: a.connect, Instances: a.instances,
 		Store: a.store, EventLog: a.evlog, Broker: a.broker, Poller: a.poller, Log: a.log,
 	}
-	srv := handler.New(graph.SharedRendering(graph.NewExecutableSchema(graph.Config{Resolvers: res})))
 	present := graph.ErrorPresenter(a.log)
-	ws := gorillaws.New(gorillaws.WithUpgrader(websocket.Upgrader{
-		// Credentials travel in connection_init, never in cookies, so a
-		// cross-origin page gains nothing from opening a socket.
-		CheckOrigin: func(*http.Request) bool { return true },
-	}))
-	srv.AddTransport(transport.Websocket{
-		Implementation:        ws,
-		InitFunc:              a.wsInit,
-		InitTimeout:           10 * time.Second,
-		KeepAlivePingInterval: 15 * time.Second,
-		PingPongInterval:      30 * time.Second,
-	})
-	srv.AddTransport(transport.Options{})
-	// Comments every 15 s keep proxies from closing idle streams.
-	srv.AddTransport(transport.SSE{KeepAlivePingInterval: 15 * time.Second})
-	srv.AddTransport(transport.GET{})
-	srv.AddTransport(transport.POST{})
-	parsed := lru.New[*ast.QueryDocument](1000)
-	srv.SetQueryCache(parsed)
-	srv.SetParserTokenLimit(a.cfg.Limits.MaxTokens)
-	srv.AroundFields(graph.CheckCancelled)
-	srv.Use(extension.Introspection{})
-	srv.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](100)})
-	// After the persisted-query extension, which fills in the query.
-	srv.Use(graph.Limits{MaxTokens: a.cfg.Limits.MaxTokens, Parsed: parsed, MaxDepth: a.cfg.Limits.MaxDepth,
-		MaxFields: a.cfg.Limits.MaxFields, MaxComplexity: a.cfg.Limits.MaxComplexity})
-	srv.SetErrorPresenter(present)
-	srv.AroundOperations(graph.StreamErrors(present))
-	srv.AroundOperations(graph.TimeLimit)
-	srv.SetRecoverFunc(func(ctx context.Context, p any) error {
+	recoverFn := func(ctx context.Context, p any) error {
 		// Bounded: a panic's value can quote a whole response, payloads included.
 		a.log.Error("graphql: panic", "panic", fmt.Sprintf("%.200v", p))
 		return errors.New("internal error")
+	}
+	schema := graph.NewSchema(res, present, recoverFn)
+	exec := executor.New(schema)
+	parsed := lru.New[*ast.QueryDocument](1000)
+	exec.SetQueryCache(parsed)
+	exec.SetParserTokenLimit(a.cfg.Limits.MaxTokens)
+	exec.AroundFields(graph.CheckCancelled)
+	exec.Use(extension.Introspection{})
+	exec.Use(extension.AutomaticPersistedQuery{Cache: lru.New[string](100)})
+	// After the persisted-query extension, which fills in the query.
+	exec.Use(graph.Limits{MaxTokens: a.cfg.Limits.MaxTokens, Parsed: parsed, MaxDepth: a.cfg.Limits.MaxDepth,
+		MaxFields: a.cfg.Limits.MaxFields, MaxComplexity: a.cfg.Limits.MaxComplexity})
+	exec.SetErrorPresenter(present)
+	exec.AroundOperations(graph.TimeLimit)
+	exec.SetRecoverFunc(recoverFn)
+	a.ws = subscribe.New(subscribe.Options{
+		Exec: exec, Streams: schema, Auth: a.auth, Broker: a.broker,
+		Replay:  events.Streamer{Broker: a.broker, History: a.evlog},
+		Present: present, Log: a.log,
+		InitTimeout:                a.cfg.WebsocketInitTimeout,
+		KeepAlive:                  a.cfg.WebsocketKeepAlive,
+		QueueSize:                  a.cfg.SubscriptionBuffer,
+		SubscriptionsPerConnection: a.cfg.Limits.SubscriptionsPerConnection,
+		ConnectionsPerOrganization: a.cfg.Limits.WebsocketsPerOrg,
+		OperationTimeout:           a.cfg.Limits.OperationTimeout,
+		TimedOut:                   graph.ErrOperationTimeout,
 	})
-	return srv
+	h := httpGraphQL{exec: exec, transports: []graphql.Transport{
+		transport.Options{},
+		// Comments every 15 s keep proxies from closing idle streams.
+		transport.SSE{KeepAlivePingInterval: 15 * time.Second},
+		transport.GET{},
+		transport.POST{},
+	}}
+	return a.requireAuth(h)
 }
 
-// wsInit authenticates a websocket in connection_init (or from the upgrade
-// request's header); a refusal closes it with 4401 so clients stop retrying.
-func (a *App) wsInit(ctx context.Context, p transport.InitPayload) (context.Context, *transport.InitPayload, error) {
-	h := p.Authorization()
-	if h == "" {
-		h, _ = ctx.Value(upgradeAuthKey{}).(string)
-	}
-	id, err := a.auth.Authenticate(ctx, h)
-	if err != nil {
-		if !errors.Is(err, auth.ErrUnauthenticated) {
-			a.log.Error("websocket auth", "err", err)
+// httpGraphQL is gqlgen's handler.Server without its websocket part: it
+// picks the first transport that supports the request.
+type httpGraphQL struct {
+	exec       *executor.Executor
+	transports []graphql.Transport
+}
+
+func (h httpGraphQL) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		if p := recover(); p != nil {
+			err := h.exec.PresentRecoveredError(r.Context(), p)
+			var gerr *gqlerror.Error
+			errors.As(err, &gerr)
+			writeJSON(w, http.StatusInternalServerError, graphql.Response{Errors: gqlerror.List{gerr}})
 		}
-		ctx = transport.WithWebsocketCloseCode(ctx, 4401)
-		ctx = transport.AppendCloseReason(ctx, "unauthenticated")
-		return ctx, nil, auth.ErrUnauthenticated
+	}()
+	r = r.WithContext(graphql.StartOperationTrace(r.Context()))
+	for _, t := range h.transports {
+		if t.Supports(r) {
+			t.Do(w, r, h.exec)
+			return
+		}
 	}
-	return auth.WithIdentity(ctx, id), nil, nil
+	writeGraphQLError(w, http.StatusBadRequest, apperr.BadUserInput, "transport not supported")
 }
 
-type upgradeAuthKey struct{}
+// requireAuth authenticates every GraphQL request over HTTP; websocket
+// upgrades go to the subscription transport, which authenticates in
+// connection_init. SSE streams are tied to the app's streams context so
+// shutdown can end them.
 
 // authenticateHTTP checks the credentials of a GraphQL or REST request:
 // the one place for HTTP, where what applies to every such check (such as
@@ -280,23 +296,18 @@ type upgradeAuthKey struct{}
 func (a *App) authenticateHTTP(r *http.Request) (auth.Identity, error) {
 	return a.auth.Authenticate(r.Context(), r.Header.Get("Authorization"))
 }
-
-// requireAuth authenticates every GraphQL request. Websocket upgrades are
-// authenticated in connection_init instead. Subscriptions (websocket and
-// SSE) are tied to the app's streams context so shutdown can end them.
 func (a *App) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodOptions {
 			next.ServeHTTP(w, r)
 			return
 		}
-		isWS := isWebsocket(r)
-		isStream := isWS || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
-		ctx := r.Context()
-		if isWS {
-			a.serveWebsocket(next, w, r.WithContext(context.WithValue(ctx, upgradeAuthKey{}, r.Header.Get("Authorization"))))
+		if isWebsocket(r) {
+			a.ws.ServeHTTP(w, r)
 			return
 		}
+		isStream := strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+		ctx := r.Context()
 		if isStream {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithCancel(ctx)
@@ -334,73 +345,3 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
-
-// serveWebsocket runs a websocket connection on a goroutine of its own, so
-// that the HTTP handler returns as soon as the connection is hijacked and
-// net/http lets go of the request's buffers (about 11 KiB per idle
-// subscriber). gqlgen's transport would otherwise hold the handler for the
-// connection's whole life. The App owns the goroutine: shutdown ends its
-// context and waits for it.
-func (a *App) serveWebsocket(next http.Handler, w http.ResponseWriter, r *http.Request) {
-	// The request's context ends when the handler returns; the connection's
-	// must not.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	stop := context.AfterFunc(a.streams, cancel)
-	hw := &hijackSignal{w: w, hijacked: make(chan struct{})}
-	done := make(chan struct{})
-	a.wsConns.Add(1)
-	go func() {
-		defer a.wsConns.Done()
-		defer close(done)
-		defer cancel()
-		defer stop()
-		next.ServeHTTP(hw, r.WithContext(ctx))
-	}()
-	select {
-	case <-hw.hijacked:
-	case <-done: // the upgrade failed and an HTTP answer was written
-	}
-}
-
-// hijackSignal tells when the websocket upgrade took the connection over,
-// and then forgets net/http's response writer.
-type hijackSignal struct {
-	mu       sync.Mutex
-	w        http.ResponseWriter
-	hijacked chan struct{}
-}
-
-func (h *hijackSignal) writer() http.ResponseWriter {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.w == nil {
-		return discard{}
-	}
-	return h.w
-}
-
-func (h *hijackSignal) Header() http.Header         { return h.writer().Header() }
-func (h *hijackSignal) Write(b []byte) (int, error) { return h.writer().Write(b) }
-func (h *hijackSignal) WriteHeader(code int)        { h.writer().WriteHeader(code) }
-
-func (h *hijackSignal) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	hj, ok := h.writer().(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("app: connection cannot be taken over")
-	}
-	c, brw, err := hj.Hijack()
-	if err == nil {
-		h.mu.Lock()
-		h.w = nil
-		h.mu.Unlock()
-		close(h.hijacked)
-	}
-	return c, brw, err
-}
-
-// discard stands in for the response writer once the connection is hijacked.
-type discard struct{}
-
-func (discard) Header() http.Header         { return http.Header{} }
-func (discard) Write(b []byte) (int, error) { return 0, http.ErrHijacked }
-func (discard) WriteHeader(int)             {}

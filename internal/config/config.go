@@ -36,8 +36,6 @@ type Config struct {
 	// SubscriptionBuffer is how many events a subscriber may lag behind
 	// before it is ended with a resumable error.
 	SubscriptionBuffer int
-	LogLevel           slog.Level
-	LogJSON            bool
 	// NATSURL points the event log at an external JetStream cluster; empty
 	// runs a NATS server inside the process.
 	NATSURL   string
@@ -49,6 +47,12 @@ type Config struct {
 	// EgressAllow (EGRESS_ALLOW) are internal ranges callbacks may reach.
 	EgressAllow []netip.Prefix
 	Limits      Limits
+	// WebsocketInitTimeout is how long a websocket may take to send
+	// connection_init; WebsocketKeepAlive is the ping interval.
+	WebsocketInitTimeout time.Duration
+	WebsocketKeepAlive   time.Duration
+	LogLevel             slog.Level
+	LogJSON              bool
 }
 
 // Limits bound what one client or organization can make the gateway do.
@@ -97,13 +101,15 @@ func DefaultLimits() Limits {
 // with one clear line.
 func Load(getenv func(string) string) (Config, error) {
 	c := Config{
-		DataDir:            "./data",
-		MongoDatabase:      "leadstream",
-		PollerMinInterval:  30 * time.Second,
-		NotifyRetryBase:    4 * time.Second,
-		SubscriptionBuffer: 256,
-		EventsMaxAge:       720 * time.Hour,
-		Limits:             DefaultLimits(),
+		DataDir:              "./data",
+		MongoDatabase:        "leadstream",
+		PollerMinInterval:    30 * time.Second,
+		NotifyRetryBase:      4 * time.Second,
+		SubscriptionBuffer:   256,
+		EventsMaxAge:         720 * time.Hour,
+		Limits:               DefaultLimits(),
+		WebsocketInitTimeout: 10 * time.Second,
+		WebsocketKeepAlive:   15 * time.Second,
 	}
 	port := "8080"
 	if v := getenv("PORT"); v != "" {
@@ -178,6 +184,12 @@ func Load(getenv func(string) string) (Config, error) {
 		return c, err
 	}
 	if c.NotifyRetryBase, err = duration(getenv, "NOTIFY_RETRY_BASE", c.NotifyRetryBase); err != nil {
+		return c, err
+	}
+	if c.WebsocketInitTimeout, err = duration(getenv, "WEBSOCKET_INIT_TIMEOUT", c.WebsocketInitTimeout); err != nil {
+		return c, err
+	}
+	if c.WebsocketKeepAlive, err = duration(getenv, "WEBSOCKET_KEEPALIVE", c.WebsocketKeepAlive); err != nil {
 		return c, err
 	}
 	if v := getenv("SUBSCRIPTION_BUFFER"); v != "" {

@@ -49,26 +49,41 @@ func NewBroker(bufSize int) *Broker {
 	}
 }
 
-// Subscription is one live consumer. C yields events; a nil value means the
-// subscription ended with Err; a closed C means it ended.
+// Sink takes a subscription's events as they are published: the broker
+// calls it under its lock, in publish order, so its methods must not block
+// and must not call back into the broker. A websocket transport queues the
+// event for the connection's writer; the channel form (Subscribe) puts it
+// on a buffered channel. Either way no goroutine waits per subscription.
+type Sink interface {
+	// Offer takes one event, or reports false when the subscriber has no
+	// room: the broker then ends the subscription as slow.
+	Offer(e *Event) bool
+	// End is called once when the subscription ends: err says why (a
+	// *SlowError, or the reason given to EndInstance), nil when its owner
+	// closed it.
+	End(err error)
+}
+
+// Subscription is one live consumer. In the channel form (Subscribe), C
+// yields events; a nil value means the subscription ended with Err; a
+// closed C means it ended.
 type Subscription struct {
 	C      <-chan *Event
-	ch     chan *Event
+	sink   Sink
 	broker *Broker
 	filter Filter
-	err    error // set once, under broker.mu, before the nil is sent
+	err    error // set once, under broker.mu, before the sink is told
 	closed bool
-	// lastSeq/lastInstance are the last event handed to the buffer, for
-	// the slow-subscriber error (the buffer is drained before it shows).
+	// lastSeq/lastInstance are the last event the sink took, for the
+	// slow-subscriber error (what was taken is delivered before it shows).
 	lastSeq      int64
 	lastInstance string
 }
 
-// Subscribe registers a subscription. Close it when done.
-func (b *Broker) Subscribe(f Filter) *Subscription {
-	// One slot more than the buffer is kept free for the ending nil.
-	ch := make(chan *Event, b.bufSize+1)
-	s := &Subscription{C: ch, ch: ch, broker: b, filter: f}
+// Attach registers sink for the events f chooses. Close the subscription
+// when done.
+func (b *Broker) Attach(f Filter, sink Sink) *Subscription {
+	s := &Subscription{sink: sink, broker: b, filter: f}
 	b.mu.Lock()
 	m, key := b.byOrg, f.OrgID
 	if f.InstanceID != "" {
@@ -80,6 +95,37 @@ func (b *Broker) Subscribe(f Filter) *Subscription {
 	m[key][s] = struct{}{}
 	b.mu.Unlock()
 	return s
+}
+
+// Subscribe registers a subscription whose events arrive on C, at most
+// the broker's buffer size ahead of the reader. Close it when done.
+func (b *Broker) Subscribe(f Filter) *Subscription {
+	// One slot more than the buffer is kept free for the ending nil.
+	ch := make(chan *Event, b.bufSize+1)
+	s := b.Attach(f, chanSink{ch: ch, size: b.bufSize})
+	s.C = ch
+	return s
+}
+
+// chanSink is the channel form of a subscription.
+type chanSink struct {
+	ch   chan *Event
+	size int
+}
+
+func (c chanSink) Offer(e *Event) bool {
+	if len(c.ch) >= c.size {
+		return false
+	}
+	c.ch <- e
+	return true
+}
+
+func (c chanSink) End(err error) {
+	if err != nil {
+		c.ch <- nil // the reserved slot: never blocks
+	}
+	close(c.ch)
 }
 
 // Err is why the subscription ended, nil while it runs or if it was closed.
@@ -109,11 +155,8 @@ func (s *Subscription) endLocked(err error) {
 	if len(m[key]) == 0 {
 		delete(m, key)
 	}
-	if err != nil {
-		s.err = err
-		s.ch <- nil // the reserved slot: never blocks
-	}
-	close(s.ch)
+	s.err = err
+	s.sink.End(err)
 }
 
 // Publish hands e to every matching subscription without blocking.
@@ -146,7 +189,7 @@ func (b *Broker) publishLocked(e *Event) {
 }
 
 func (b *Broker) offer(s *Subscription, e *Event) {
-	if len(s.ch) >= b.bufSize {
+	if !s.sink.Offer(e) {
 		cur := ""
 		if s.lastSeq > 0 {
 			cur = FormatCursor(s.lastSeq)
@@ -154,7 +197,6 @@ func (b *Broker) offer(s *Subscription, e *Event) {
 		s.endLocked(&SlowError{InstanceID: s.lastInstance, LastCursor: cur})
 		return
 	}
-	s.ch <- e
 	s.lastSeq, s.lastInstance = e.Seq, e.InstanceID
 }
 

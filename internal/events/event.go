@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -130,8 +129,6 @@ type Event struct {
 	// Notify: the instance had a callback URL when the event arrived, so
 	// the event is delivered there.
 	Notify bool
-
-	memos sync.Map // key → *memo; renderings shared by subscribers
 }
 
 // Cursor is the event's opaque position in the log: ordered within an
@@ -169,19 +166,4 @@ func (e *Event) MarshalJSON() ([]byte, error) {
 		ReceivedAt time.Time `json:"receivedAt"`
 		Payload    JSON      `json:"payload"`
 	}{e.ID, e.Cursor(), e.InstanceID, e.Source, e.EventType, e.ObjectType, e.ObjectID, e.OccurredAt, e.ReceivedAt, e.Payload})
-}
-
-// Memo returns what render returns for key, computing it once per event:
-// one event goes to many subscribers, and those with the same query need
-// the same bytes, so they share one rendering.
-func (e *Event) Memo(key string, render func() any) any {
-	v, _ := e.memos.LoadOrStore(key, &memo{})
-	m := v.(*memo)
-	m.once.Do(func() { m.v = render() })
-	return m.v
-}
-
-type memo struct {
-	once sync.Once
-	v    any
 }
