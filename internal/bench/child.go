@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -368,8 +369,22 @@ var dialer = websocket.Dialer{
 	HandshakeTimeout: 15 * time.Second,
 	ReadBufferSize:   4096,
 	WriteBufferSize:  1024,
-	NetDialContext:   (&net.Dialer{Timeout: 15 * time.Second}).DialContext,
+	NetDialContext:   dialFromMany,
 	Proxy:            func(*http.Request) (*url.URL, error) { return nil, nil },
+}
+
+var dials atomic.Uint32
+
+// dialFromMany spreads loopback connections over 127.0.0.1–127.0.0.200 as
+// source addresses: one address has about 28,000 ephemeral ports, too few
+// for tens of thousands of connections next to those still in TIME_WAIT.
+func dialFromMany(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 15 * time.Second}
+	if host, _, err := net.SplitHostPort(addr); err == nil && host == "127.0.0.1" {
+		n := dials.Add(1)
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+n%200))}
+	}
+	return d.DialContext(ctx, network, addr)
 }
 
 func dialSub(g *group, cmd childCmd) (*wsClient, error) {

@@ -121,6 +121,9 @@ type Options struct {
 	FanoutWarm time.Duration
 	FanoutDur  time.Duration
 	LatencyDur time.Duration
+	// LatencyRuns is how many times the latency phase runs on each side,
+	// alternating; the p99 target must hold in every run.
+	LatencyRuns int
 
 	CPUProfile string
 	MemProfile string
@@ -131,17 +134,17 @@ type Options struct {
 // smoke test (about 25 s).
 func DefaultOptions(quick bool) Options {
 	o := Options{
-		JSONPath: "bench-results.json", Subs: 1000, Idle: []int{1000, 10000}, Posters: []int{1, 16, 64},
+		JSONPath: "bench-results.json", Subs: 1000, Idle: []int{10000, 50000}, Posters: []int{1, 16, 64},
 		FanoutPosters: 16, Window: 128, BrokerBuffer: 256,
 		HistoryEvents: 1_000_000, IngestWarm: 500 * time.Millisecond, IngestDur: 5 * time.Second,
-		FanoutWarm: time.Second, FanoutDur: 8 * time.Second, LatencyDur: 10 * time.Second,
+		FanoutWarm: time.Second, FanoutDur: 8 * time.Second, LatencyDur: 5 * time.Second, LatencyRuns: 5,
 		Log: os.Stderr,
 	}
 	if quick {
 		o.Quick = true
 		o.Subs, o.Idle, o.Posters = 200, []int{1000, 2000}, []int{1, 16}
 		o.HistoryEvents, o.IngestWarm, o.IngestDur = 100_000, 300*time.Millisecond, 2*time.Second
-		o.FanoutWarm, o.FanoutDur, o.LatencyDur = 500*time.Millisecond, 2*time.Second, 3*time.Second
+		o.FanoutWarm, o.FanoutDur, o.LatencyDur, o.LatencyRuns = 500*time.Millisecond, 2*time.Second, 3*time.Second, 2
 	}
 	return o
 }
@@ -153,7 +156,7 @@ func main() {
 	quick := flag.Bool("quick", false, "small sizes and short phases (a smoke test, under a minute)")
 	jsonPath := flag.String("json", "bench-results.json", "where to write the results as JSON")
 	subs := flag.Int("subs", 0, "subscribers in the fan-out phases (default 1000, -quick 200)")
-	idle := flag.String("idle", "", "idle subscription counts for the memory phase (default 1000,10000; -quick 1000,2000)")
+	idle := flag.String("idle", "", "idle subscription counts for the memory phase (default 10000,50000; -quick 1000,2000); a count over what RLIMIT_NOFILE allows is measured at the largest that fits")
 	posters := flag.String("posters", "", "concurrent webhook posters for the ingest phase (default 1,16,64; -quick 1,16)")
 	cpuprofile := flag.String("cpuprofile", "", "profile the gateway side (this process) under load: writes `FILE`.ingest (webhook ingest phases) and FILE.fanout (fan-out maximum and latency phases)")
 	memprofile := flag.String("memprofile", "", "write a heap profile while the largest idle set is open")
@@ -274,7 +277,10 @@ type Details struct {
 	History   HistoryResult  `json:"history"`
 	Gateway   FanoutDetails  `json:"gatewayFanout"`
 	Raw       FanoutDetails  `json:"rawBroadcast"`
-	Idle      []IdlePair     `json:"idle"`
+	// LatencyRuns are every latency run, gateway and raw side by side
+	// (Gateway.Latency and Raw.Latency are the first).
+	LatencyRuns []LatencyPair `json:"latencyRuns"`
+	Idle        []IdlePair    `json:"idle"`
 	// MessageBytes is the size of the gateway's `next` message the raw
 	// baseline broadcasts.
 	MessageBytes int    `json:"messageBytes"`
@@ -285,6 +291,12 @@ type Details struct {
 type FanoutDetails struct {
 	Max     FanoutMax `json:"max"`
 	Latency Latency   `json:"latency"`
+}
+
+// LatencyPair is one latency run of both sides.
+type LatencyPair struct {
+	Gateway Latency `json:"gateway"`
+	Raw     Latency `json:"raw"`
 }
 
 // IdlePair is the idle-memory measurement of both sides at one size.
@@ -443,30 +455,38 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			fail("gateway fan-out max", err)
 		}
 		logf("  %.0f events/s, %.0f msgs/s delivered", m.EventsPerSec, m.MsgsPerSec)
-		logf("gateway fan-out: latency at %.0f/s (%v)", m.EventsPerSec/2, o.LatencyDur)
-		l, err := measureLatency(ctx, cp, gwGrp, o.Subs, gwProd, o.FanoutPosters, m.EventsPerSec/2, o.LatencyDur)
-		res.Details.Gateway.Latency = l
-		if err != nil {
-			fail("gateway fan-out latency", err)
-		} else {
-			logf("  p50 %s p99 %s max %s", us(l.SentToReceived.P50), us(l.SentToReceived.P99), us(l.SentToReceived.Max))
+		gm, rm := res.Details.Gateway.Max, res.Details.Raw.Max
+		for run := range max(o.LatencyRuns, 1) {
+			var pair LatencyPair
+			logf("gateway fan-out: latency at %.0f/s (%v), run %d", gm.EventsPerSec/2, o.LatencyDur, run+1)
+			l, err := measureLatency(ctx, cp, gwGrp, o.Subs, gwProd, o.FanoutPosters, gm.EventsPerSec/2, o.LatencyDur)
+			pair.Gateway = l
+			if err != nil {
+				fail("gateway fan-out latency", err)
+			} else {
+				logf("  p50 %s p99 %s max %s", us(l.SentToReceived.P50), us(l.SentToReceived.P99), us(l.SentToReceived.Max))
+			}
+			if l.Ended > 0 {
+				res.Notes = append(res.Notes, fmt.Sprintf("gateway latency run %d: %d of %d subscriptions ended (%s)", run+1, l.Ended, o.Subs, l.EndCause))
+			}
+			if run == 0 {
+				stopProfile()
+			}
+			logf("raw broadcast: latency at %.0f/s (%v), run %d", rm.EventsPerSec/2, o.LatencyDur, run+1)
+			l, err = measureLatency(ctx, cp, rawGrp, o.Subs, rawProd, 1, rm.EventsPerSec/2, o.LatencyDur)
+			pair.Raw = l
+			if err != nil {
+				fail("raw broadcast latency", err)
+			} else {
+				logf("  p50 %s p99 %s max %s", us(l.SentToReceived.P50), us(l.SentToReceived.P99), us(l.SentToReceived.Max))
+			}
+			if l.Ended > 0 {
+				res.Notes = append(res.Notes, fmt.Sprintf("raw broadcast latency run %d: %d of %d clients dropped for lagging (%s)", run+1, l.Ended, o.Subs, l.EndCause))
+			}
+			res.Details.LatencyRuns = append(res.Details.LatencyRuns, pair)
 		}
-		if l.Ended > 0 {
-			res.Notes = append(res.Notes, fmt.Sprintf("gateway latency phase: %d of %d subscriptions ended (%s)", l.Ended, o.Subs, l.EndCause))
-		}
-		stopProfile()
-
-		rm := res.Details.Raw.Max
-		logf("raw broadcast: latency at %.0f/s (%v)", rm.EventsPerSec/2, o.LatencyDur)
-		l, err = measureLatency(ctx, cp, rawGrp, o.Subs, rawProd, 1, rm.EventsPerSec/2, o.LatencyDur)
-		res.Details.Raw.Latency = l
-		if err != nil {
-			fail("raw broadcast latency", err)
-		} else {
-			logf("  p50 %s p99 %s max %s", us(l.SentToReceived.P50), us(l.SentToReceived.P99), us(l.SentToReceived.Max))
-		}
-		if l.Ended > 0 {
-			res.Notes = append(res.Notes, fmt.Sprintf("raw broadcast latency phase: %d of %d clients dropped for lagging (%s)", l.Ended, o.Subs, l.EndCause))
+		if len(res.Details.LatencyRuns) > 0 {
+			res.Details.Gateway.Latency, res.Details.Raw.Latency = res.Details.LatencyRuns[0].Gateway, res.Details.LatencyRuns[0].Raw
 		}
 	}
 	if rawGrp != 0 {
@@ -481,13 +501,31 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	// 5. Idle subscriptions.
-	largest := slices.Max(o.Idle)
+	// A size over what RLIMIT_NOFILE allows (raised to its hard limit here;
+	// raising that needs CAP_SYS_RESOURCE) is reported as skipped and
+	// measured at the largest size that fits instead.
+	var sizes []int
 	for _, n := range o.Idle {
+		sizes = append(sizes, n)
+		if need := uint64(n) + 1024; res.Machine.FileLimit < need && res.Machine.FileLimit > 2048 {
+			fit := int(res.Machine.FileLimit-1024) / 1000 * 1000
+			if fit > 0 && !slices.Contains(o.Idle, fit) && fit > slices.Max(append([]int{0}, sizes[:len(sizes)-1]...)) {
+				sizes = append(sizes, fit)
+			}
+		}
+	}
+	largest := 0
+	for _, n := range sizes {
+		if uint64(n)+1024 <= res.Machine.FileLimit {
+			largest = max(largest, n)
+		}
+	}
+	for _, n := range sizes {
 		pair := IdlePair{Gateway: MemResult{Subs: n}, Raw: MemResult{Subs: n}}
-		if need := uint64(n) + 512; res.Machine.FileLimit < need {
-			msg := fmt.Sprintf("RLIMIT_NOFILE is %d, %d idle subscriptions need about %d descriptors per process", res.Machine.FileLimit, n, need)
+		if need := uint64(n) + 1024; res.Machine.FileLimit < need {
+			msg := fmt.Sprintf("RLIMIT_NOFILE hard limit is %d, %d idle subscriptions need about %d descriptors per process", res.Machine.FileLimit, n, need)
 			pair.Gateway.Skipped, pair.Raw.Skipped = msg, msg
-			fail(fmt.Sprintf("idle %d", n), errors.New(msg))
+			res.Notes = append(res.Notes, fmt.Sprintf("idle %d not measured: %s", n, msg))
 			res.Details.Idle = append(res.Details.Idle, pair)
 			continue
 		}
@@ -626,7 +664,7 @@ func (r *Result) buildFigures(o Options) {
 		Value: gm.EventsPerSec, BaselineName: "raw broadcasts/s", Baseline: rm.EventsPerSec, Ratio: ratioOf(gm.EventsPerSec, rm.EventsPerSec), Result: "info"})
 	rt = ratioOf(gm.MsgsPerSec, rm.MsgsPerSec)
 	add(Figure{Key: "fanout_msgs_delivered", Name: fmt.Sprintf("fan-out messages/s delivered, %d subs", o.Subs), Unit: "msgs/s",
-		Value: gm.MsgsPerSec, BaselineName: "raw broadcast msgs/s", Baseline: rm.MsgsPerSec, Ratio: rt, Target: "≥ 0.5x", Result: judge(rt >= 0.5)})
+		Value: gm.MsgsPerSec, BaselineName: "raw broadcast msgs/s", Baseline: rm.MsgsPerSec, Ratio: rt, Target: "≥ 0.8x", Result: judge(rt >= 0.8)})
 
 	gl, rl := d.Gateway.Latency, d.Raw.Latency
 	add(Figure{Key: "latency_rate", Name: "latency phase rate (half of own max)", Unit: "events/s",
@@ -635,9 +673,29 @@ func (r *Result) buildFigures(o Options) {
 		g, b := gl.SentToReceived, rl.SentToReceived
 		add(Figure{Key: "latency_p50", Name: "sent→received p50 at half max", Unit: "ms", Value: g.P50 / 1000,
 			BaselineName: "raw broadcast", Baseline: b.P50 / 1000, Ratio: ratioOf(g.P50, b.P50), Result: "info"})
-		rt = ratioOf(g.P99, b.P99)
-		add(Figure{Key: "latency_p99", Name: fmt.Sprintf("sent→received p99 at half max, %d subs", o.Subs), Unit: "ms", Value: g.P99 / 1000,
-			BaselineName: "raw broadcast", Baseline: b.P99 / 1000, Ratio: rt, Target: "≤ 1.5x", Result: judge(rt <= 1.5)})
+		// The target holds in every run: the figure is the worst run's.
+		worst, passed, runs := LatencyPair{}, 0, []string{}
+		worstRatio := -1.0
+		for _, p := range d.LatencyRuns {
+			if p.Gateway.SentToReceived == nil || p.Raw.SentToReceived == nil {
+				runs = append(runs, "n/a")
+				continue
+			}
+			r := ratioOf(p.Gateway.SentToReceived.P99, p.Raw.SentToReceived.P99)
+			runs = append(runs, fmt.Sprintf("%.2fx", r))
+			if r <= 1.5 {
+				passed++
+			}
+			if r > worstRatio {
+				worstRatio, worst = r, p
+			}
+		}
+		if worstRatio >= 0 {
+			add(Figure{Key: "latency_p99", Name: fmt.Sprintf("sent→received p99 at half max, %d subs, worst of %d runs", o.Subs, len(d.LatencyRuns)), Unit: "ms",
+				Value: worst.Gateway.SentToReceived.P99 / 1000, BaselineName: "raw broadcast", Baseline: worst.Raw.SentToReceived.P99 / 1000,
+				Ratio: worstRatio, Target: "≤ 1.5x every run", Result: judge(passed == len(d.LatencyRuns)),
+				Note: fmt.Sprintf("%d of %d runs: %s", passed, len(d.LatencyRuns), strings.Join(runs, " "))})
+		}
 		add(Figure{Key: "latency_max", Name: "sent→received max at half max", Unit: "ms", Value: g.Max / 1000,
 			BaselineName: "raw broadcast", Baseline: b.Max / 1000, Ratio: ratioOf(g.Max, b.Max), Result: "info"})
 	} else {
@@ -652,25 +710,33 @@ func (r *Result) buildFigures(o Options) {
 		r.Notes = append(r.Notes, n)
 	}
 
-	largest := slices.Max(o.Idle)
+	// Idle memory: at most 24 KiB per subscription at every size measured,
+	// not growing from the smallest to the largest, at most one goroutine.
+	var measured []MemResult
 	for _, p := range d.Idle {
 		n := p.Gateway.Subs
 		f := Figure{Key: fmt.Sprintf("idle_rss_%d", n), Name: fmt.Sprintf("RSS per idle subscription, %d", n), Unit: "KiB",
 			Value: p.Gateway.RSSPerSubKiB, BaselineName: "raw gorilla conn", Baseline: p.Raw.RSSPerSubKiB,
-			Ratio: ratioOf(p.Gateway.RSSPerSubKiB, p.Raw.RSSPerSubKiB), Result: "info"}
-		if n == largest {
-			f.Target, f.Result = "≤ 24 KiB", judge(p.Gateway.Skipped == "" && p.Gateway.RSSPerSubKiB > 0 && p.Gateway.RSSPerSubKiB <= 24)
-			if n != 10000 {
-				f.Note = "target is set at 10,000"
-			}
-		}
+			Ratio: ratioOf(p.Gateway.RSSPerSubKiB, p.Raw.RSSPerSubKiB), Target: "≤ 24 KiB",
+			Result: judge(p.Gateway.RSSPerSubKiB > 0 && p.Gateway.RSSPerSubKiB <= 24)}
 		if p.Gateway.Skipped != "" {
 			f.Result, f.Note = "SKIP", p.Gateway.Skipped
+		} else {
+			measured = append(measured, p.Gateway)
 		}
 		add(f)
-		add(Figure{Key: fmt.Sprintf("idle_goroutines_%d", n), Name: fmt.Sprintf("goroutines per idle subscription, %d", n), Unit: "",
-			Value: p.Gateway.GoroutinesPer, BaselineName: "raw gorilla conn", Baseline: p.Raw.GoroutinesPer,
-			Ratio: ratioOf(p.Gateway.GoroutinesPer, p.Raw.GoroutinesPer), Result: "info"})
+		if p.Gateway.Skipped == "" {
+			add(Figure{Key: fmt.Sprintf("idle_goroutines_%d", n), Name: fmt.Sprintf("goroutines per idle subscription, %d", n), Unit: "",
+				Value: p.Gateway.GoroutinesPer, BaselineName: "raw gorilla conn", Baseline: p.Raw.GoroutinesPer,
+				Ratio: ratioOf(p.Gateway.GoroutinesPer, p.Raw.GoroutinesPer), Target: "≤ 1", Result: judge(p.Gateway.GoroutinesPer <= 1.0)})
+		}
+	}
+	if len(measured) >= 2 {
+		lo, hi := measured[0], measured[len(measured)-1]
+		rt := ratioOf(hi.RSSPerSubKiB, lo.RSSPerSubKiB)
+		add(Figure{Key: "idle_rss_growth", Name: fmt.Sprintf("RSS per idle subscription, %d vs %d", hi.Subs, lo.Subs), Unit: "KiB",
+			Value: hi.RSSPerSubKiB, BaselineName: fmt.Sprintf("at %d", lo.Subs), Baseline: lo.RSSPerSubKiB, Ratio: rt,
+			Target: "≤ 1.1x (not growing)", Result: judge(rt <= 1.1)})
 	}
 	for _, p := range d.Idle {
 		if p.Gateway.Skipped == "" {

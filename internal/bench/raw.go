@@ -7,7 +7,7 @@ package main
 // a bounded channel. Broadcast hands one []byte to every connection without
 // blocking; a connection whose buffer is full is dropped, the same policy as
 // the gateway's broker, with the same buffer size. Buffers and the write
-// buffer pool are set as the gateway's gorillaws adapter sets them.
+// buffer pool are set as the gateway's transport (internal/subscribe) sets them.
 
 import (
 	"context"
