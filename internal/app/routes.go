@@ -285,17 +285,17 @@ func (h httpGraphQL) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeGraphQLError(w, http.StatusBadRequest, apperr.BadUserInput, "transport not supported")
 }
 
-// requireAuth authenticates every GraphQL request over HTTP; websocket
-// upgrades go to the subscription transport, which authenticates in
-// connection_init. SSE streams are tied to the app's streams context so
-// shutdown can end them.
-
 // authenticateHTTP checks the credentials of a GraphQL or REST request:
 // the one place for HTTP, where what applies to every such check (such as
 // throttling failures per client) belongs.
 func (a *App) authenticateHTTP(r *http.Request) (auth.Identity, error) {
 	return a.auth.Authenticate(r.Context(), r.Header.Get("Authorization"))
 }
+
+// requireAuth authenticates every GraphQL request over HTTP; websocket
+// upgrades go to the subscription transport, which authenticates in
+// connection_init. SSE streams are tied to the app's streams context so
+// shutdown can end them.
 func (a *App) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodOptions {
