@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -40,6 +42,20 @@ const pollNowTimeout = 10 * time.Second
 // poll: unknown, disabled, not valid, events not enabled, or paused by the
 // daily quota. The wrapping error says which.
 var ErrNotPollable = errors.New("poller: instance cannot be polled")
+
+// ErrElsewhere is returned by PollNow when another replica holds the lease
+// of the instance's Marketo REST host: that replica polls it.
+var ErrElsewhere = errors.New("poller: another replica polls this instance's Marketo")
+
+// Leases says which Marketo REST hosts this replica polls, so that each
+// host is polled by one replica at a time; *lease.Manager has it. Hosts
+// are marketo.SubscriptionKey of the REST URL.
+type Leases interface {
+	// Want is told every host that has pollable instances.
+	Want(hosts []string)
+	// Held reports whether this replica polls host now.
+	Held(host string) bool
+}
 
 // Store is what the poller needs from the database; *store.Store has it.
 type Store interface {
@@ -78,6 +94,10 @@ type Options struct {
 	// RescanEvery re-reads the instances even when nobody called Refresh,
 	// so changes made by another replica are picked up (default 30 s).
 	RescanEvery time.Duration
+	// Leases, when set, limits polling to the hosts whose lease this
+	// replica holds; tell the Poller (Refresh) when that set changes. nil
+	// polls every instance (one replica).
+	Leases Leases
 	// Logger gets poll failures; nil discards.
 	Logger *slog.Logger
 	// ObservePoll, when set, is called after every poll that reached
@@ -197,6 +217,9 @@ func (p *Poller) PollNow(instanceID string) error {
 	if reason := notPollable(in, set); reason != "" {
 		return fmt.Errorf("%w: %s", ErrNotPollable, reason)
 	}
+	if !p.holds(set) {
+		return ErrElsewhere
+	}
 	st, err := p.store.PollState(ctx, instanceID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("poller: poll now: %w", err)
@@ -237,6 +260,11 @@ func notPollable(in store.Instance, set instance.Settings) string {
 		return fmt.Sprintf("events are not enabled (%s is not \"true\")", instance.KeyEventsEnabled)
 	}
 	return ""
+}
+
+// holds reports whether this replica polls instances with these settings.
+func (p *Poller) holds(set instance.Settings) bool {
+	return p.opts.Leases == nil || p.opts.Leases.Held(marketo.SubscriptionKey(set.RESTURL))
 }
 
 // interval is an instance's poll interval before jitter.
@@ -336,6 +364,12 @@ func (s *scheduler) rescan(ctx context.Context) {
 	}
 	now := time.Now()
 	seen := make(map[string]bool, len(list))
+	hosts := map[string]bool{}
+	defer func() {
+		if s.p.opts.Leases != nil {
+			s.p.opts.Leases.Want(slices.Collect(maps.Keys(hosts)))
+		}
+	}()
 	for _, in := range list {
 		set, err := instance.SettingsOf(in, s.p.box)
 		if err != nil {
@@ -343,6 +377,12 @@ func (s *scheduler) rescan(ctx context.Context) {
 			continue
 		}
 		if notPollable(in, set) != "" {
+			continue
+		}
+		hosts[marketo.SubscriptionKey(set.RESTURL)] = true
+		// Another replica polls this host. Its entry goes, so a later
+		// lease starts from the stored state, which that replica wrote.
+		if !s.p.holds(set) {
 			continue
 		}
 		seen[in.ID] = true
