@@ -18,10 +18,12 @@ import (
 	"github.com/leadstream/leadstream/internal/config"
 	"github.com/leadstream/leadstream/internal/connect"
 	"github.com/leadstream/leadstream/internal/connector"
+	"github.com/leadstream/leadstream/internal/control"
 	"github.com/leadstream/leadstream/internal/egress"
 	"github.com/leadstream/leadstream/internal/eventlog"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/instance"
+	"github.com/leadstream/leadstream/internal/lease"
 	"github.com/leadstream/leadstream/internal/marketo"
 	"github.com/leadstream/leadstream/internal/metrics"
 	"github.com/leadstream/leadstream/internal/notify"
@@ -43,6 +45,8 @@ type App struct {
 	ingester  *events.Ingester
 	notifier  *notify.Notifier
 	poller    *poller.Poller
+	leases    *lease.Manager
+	control   *control.Bus
 	instances *instance.Service
 	connect   *connect.Service
 	conns     *connector.Registry
@@ -109,6 +113,9 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 			a.evlog.Close()
 		}
 	}()
+	if err := a.openReplicas(ctx); err != nil {
+		return nil, err
+	}
 	a.auth = auth.New(st)
 	hadOrg, err := st.HasOrganization(ctx)
 	if err == nil {
@@ -136,6 +143,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		MinInterval: cfg.PollerMinInterval, Limits: limits, Logger: log,
 		ClientOptions: marketo.Options{HTTPClient: a.egress.Marketo(), Logger: log, Observe: a.metrics.MarketoCall},
 		ObservePoll:   a.metrics.Poll,
+		Leases:        a.leases,
 	})
 	a.metrics.Subscriptions(a.broker.Count)
 	a.metrics.PendingDeliveries(func() (int, error) {
@@ -221,6 +229,13 @@ func logOrganizations(log *slog.Logger, hadOrg, fromEnv bool) {
 // the one place a change (created, updated, disabled, deleted, webhook
 // secret or Element token rotated) reaches the caches and subscriptions.
 func (a *App) instanceChanged(id string, in *store.Instance) {
+	a.applyChange(id, in)
+	a.broadcast(id, in)
+}
+
+// applyChange brings this replica's caches, subscriptions and poller in
+// line with a change, made here or on another replica.
+func (a *App) applyChange(id string, in *store.Instance) {
 	a.auth.ForgetInstance(id)
 	switch {
 	case in == nil:
@@ -257,8 +272,18 @@ func (a *App) Run(ctx context.Context, ready func(addr string)) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 	var wg sync.WaitGroup
+	// The leases outlive the poller: they are released only once no poll
+	// of this replica runs, so the next holder never overlaps with it.
+	leaseCtx, stopLeases := context.WithCancel(context.WithoutCancel(ctx))
+	leasesDone := make(chan struct{})
+	go func() {
+		defer close(leasesDone)
+		_ = a.leases.Run(leaseCtx)
+	}()
+	defer func() { stopLeases(); <-leasesDone }()
 	for name, run := range map[string]func(context.Context) error{
 		"poller": a.poller.Run, "notifier": a.notifier.Run, "cleanup": a.cleanup,
+		"control": func(ctx context.Context) error { return a.control.Run(ctx, a.remoteChange) },
 	} {
 		wg.Add(1)
 		go func() {

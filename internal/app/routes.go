@@ -215,7 +215,7 @@ func (s *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (a *App) graphqlHandler() http.Handler {
 	res := &graph.Resolver{
 		Connectors: a.conns, Connect: a.connect, Instances: a.instances,
-		Store: a.store, EventLog: a.evlog, Broker: a.broker, Poller: a.poller, Log: a.log,
+		Store: a.store, EventLog: a.evlog, Broker: a.broker, Poller: replicaPoller{a}, Log: a.log,
 	}
 	present := graph.ErrorPresenter(a.log)
 	recoverFn := func(ctx context.Context, p any) error {

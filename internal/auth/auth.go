@@ -276,8 +276,19 @@ func (a *Authenticator) Bootstrap(ctx context.Context, orgSecret, userSecret str
 			return err
 		}
 		orgSecret, userSecret = secrets.Token("org_", 24), secrets.Token("usr_", 24)
-		if _, err := a.CreatePair(ctx, orgSecret, userSecret); err != nil {
-			return err
+		// Replicas starting together on an empty store race here: the first
+		// organization has a fixed id, so exactly one insert wins, and only
+		// that replica creates the user and shows the secrets.
+		now := time.Now().UTC()
+		err = a.store.InsertOrganization(ctx, store.Organization{ID: firstOrganizationID, SecretHash: secrets.Hash(orgSecret), CreatedAt: now})
+		if errors.Is(err, store.ErrDuplicate) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("auth: bootstrap: %w", err)
+		}
+		if err := a.store.InsertUser(ctx, store.User{ID: uuid.NewString(), OrgID: firstOrganizationID, SecretHash: secrets.Hash(userSecret), CreatedAt: now}); err != nil {
+			return fmt.Errorf("auth: bootstrap: %w", err)
 		}
 		_, err = fmt.Fprintf(out, "\nCreated the first organization. Keep these secrets: they are shown only once.\n"+
 			"  ORGANIZATION_SECRET=%s\n  USER_SECRET=%s\n  Authorization: User %s, Organization %s\n\n",
@@ -287,6 +298,10 @@ func (a *Authenticator) Bootstrap(ctx context.Context, orgSecret, userSecret str
 	_, err := a.CreatePair(ctx, orgSecret, userSecret)
 	return err
 }
+
+// firstOrganizationID is the id of the organization created when the
+// store is empty and no secrets are configured.
+var firstOrganizationID = uuid.NewSHA1(uuid.NameSpaceURL, []byte("leadstream:first-organization")).String()
 
 // CreatePair creates an organization and one user, keeping whichever of the
 // two already exists.

@@ -27,11 +27,11 @@ type Kind string
 
 // The kinds of change replicas tell each other about.
 const (
-	InstanceUpdated      Kind = "instance_updated"
-	InstanceDisabled     Kind = "instance_disabled"
-	InstanceDeleted      Kind = "instance_deleted"
-	WebhookSecretRotated Kind = "webhook_secret_rotated"
-	TokenRotated         Kind = "token_rotated"
+	// InstanceUpdated: created or changed, a webhook secret or token
+	// rotated included; receivers read the instance again.
+	InstanceUpdated  Kind = "instance_updated"
+	InstanceDisabled Kind = "instance_disabled"
+	InstanceDeleted  Kind = "instance_deleted"
 	// PollNow asks the replica holding the instance's Marketo lease to
 	// poll it at once.
 	PollNow Kind = "poll_now"

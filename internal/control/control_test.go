@@ -75,8 +75,7 @@ func TestBroadcast(t *testing.T) {
 	}
 	ca, cb, cc := run(t, a), run(t, b), run(t, c)
 
-	kinds := []control.Kind{control.InstanceUpdated, control.InstanceDisabled, control.InstanceDeleted,
-		control.WebhookSecretRotated, control.TokenRotated, control.PollNow}
+	kinds := []control.Kind{control.InstanceUpdated, control.InstanceDisabled, control.InstanceDeleted, control.PollNow}
 	var want []control.Message
 	want = append(want, control.Message{Kind: control.InstanceUpdated, InstanceID: "early", From: "a"})
 	for i := range 60 {

@@ -388,10 +388,16 @@ func (s *Service) Redacted(in store.Instance) map[string]string {
 }
 
 func (s *Service) changed(id string, in *store.Instance) {
+	s.Forget(id)
+	s.onChange(id, in)
+}
+
+// Forget drops the cached copy of an instance, for a change another
+// replica made.
+func (s *Service) Forget(id string) {
 	s.mu.Lock()
 	delete(s.cache, id)
 	s.mu.Unlock()
-	s.onChange(id, in)
 }
 
 func (s *Service) notFound(err error) error {

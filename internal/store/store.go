@@ -192,11 +192,32 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 		colOAuthRequests: {{Keys: bson.D{{Key: "expiresAt", Value: 1}}}},
 	}
 	for col, models := range idx {
-		// Only missing indexes are created: FerretDB's sqlite handler
-		// fails on re-creating an existing compound index.
-		have, err := s.indexKeys(ctx, col)
-		if err != nil {
+		if err := s.ensureIndexesOf(ctx, col, models); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// ensureIndexesOf creates a collection's missing indexes. Only missing ones
+// are created: FerretDB's sqlite handler fails on re-creating an existing
+// compound index. Replicas starting together race to create them, and
+// FerretDB may drop the connection of the one that loses, so a failure is
+// retried a few times and counts as done once the indexes are there.
+func (s *Store) ensureIndexesOf(ctx context.Context, col string, models []mongo.IndexModel) error {
+	const attempts = 5
+	var err error
+	for i := range attempts {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("store: indexes of %s: %w", col, ctx.Err())
+			case <-time.After(time.Duration(i) * 100 * time.Millisecond):
+			}
+		}
+		var have map[string]bool
+		if have, err = s.indexKeys(ctx, col); err != nil {
+			continue
 		}
 		var missing []mongo.IndexModel
 		for _, m := range models {
@@ -205,13 +226,13 @@ func (s *Store) ensureIndexes(ctx context.Context) error {
 			}
 		}
 		if len(missing) == 0 {
-			continue
+			return nil
 		}
-		if _, err := s.db.Collection(col).Indexes().CreateMany(ctx, missing); err != nil {
-			return fmt.Errorf("store: indexes of %s: %w", col, err)
+		if _, err = s.db.Collection(col).Indexes().CreateMany(ctx, missing); err == nil {
+			return nil
 		}
 	}
-	return nil
+	return fmt.Errorf("store: indexes of %s: %w", col, err)
 }
 
 func (s *Store) indexKeys(ctx context.Context, col string) (map[string]bool, error) {
