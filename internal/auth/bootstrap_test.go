@@ -31,7 +31,7 @@ func TestBootstrapReplicasTogether(t *testing.T) {
 	}
 	defer client.Disconnect(context.Background())
 	for _, tc := range []struct {
-		name             string
+		name                  string
 		orgSecret, userSecret string
 	}{
 		{"from secrets", "org_together", "usr_together"},
