@@ -8,6 +8,7 @@ import (
 
 	"github.com/leadstream/leadstream/internal/control"
 	"github.com/leadstream/leadstream/internal/lease"
+	"github.com/leadstream/leadstream/internal/marketo"
 	"github.com/leadstream/leadstream/internal/poller"
 	"github.com/leadstream/leadstream/internal/store"
 )
@@ -25,9 +26,16 @@ const controlTimeout = 5 * time.Second
 // cluster, with the log's replica count.
 func (a *App) openReplicas(ctx context.Context) error {
 	js, replicas := a.evlog.JetStream(), a.evlog.Replicas()
+	// With an external cluster other replicas may have polled a host just
+	// before this one claims it: a fresh lease waits for their calls to
+	// leave Marketo's rate window. The embedded NATS has one replica.
+	var settle time.Duration
+	if a.cfg.NATSURL != "" {
+		settle = marketo.DefaultWindow - lease.DefaultTTL/3/2
+	}
 	var err error
 	a.leases, err = lease.Open(ctx, js, lease.Options{
-		Replicas: replicas, Logger: a.log,
+		Replicas: replicas, Logger: a.log, Settle: settle,
 		// The poller asks for the hosts it wants when it rescans, and
 		// then polls only those held.
 		OnChange: func() { a.poller.Refresh() },

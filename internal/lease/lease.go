@@ -45,6 +45,13 @@ type Options struct {
 	Replicas int
 	// Owner names this replica in the entries it writes (default random).
 	Owner string
+	// Settle is how long a freshly claimed lease waits before it counts as
+	// held, so that what the previous holder did has faded: for Marketo,
+	// its calls leave the 20 s rate window. A holder that loses a lease
+	// stops TTL-Renew/2 after its last renewal and the next claim comes at
+	// least TTL after it, so Settle = window - Renew/2 is enough. Renewals
+	// and a lease won back with its own revision do not settle again.
+	Settle time.Duration
 	// Now is the clock validity is measured with (default time.Now).
 	Now func() time.Time
 	// OnChange is told, from the Manager's goroutine, after the set of
@@ -71,6 +78,10 @@ type Manager struct {
 // claim is a lease this replica wrote last.
 type claim struct {
 	rev uint64
+	// activeAt is when a fresh claim has settled.
+	activeAt time.Time
+	// settled: OnChange was told that activeAt passed.
+	settled bool
 	// validUntil ends the lease for this replica, however the renewals go.
 	validUntil time.Time
 	// lost: the last renewal failed; the next round tries to win it back
@@ -157,10 +168,10 @@ func (m *Manager) Held(key string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := m.held[key]
-	return c != nil && !c.lost && now.Before(c.validUntil)
+	return c != nil && !c.lost && !now.Before(c.activeAt) && now.Before(c.validUntil)
 }
 
-// Count is how many leases this replica holds now.
+// Count is how many leases this replica holds now, settling ones included.
 func (m *Manager) Count() int {
 	now := m.opts.Now()
 	m.mu.Lock()
@@ -190,8 +201,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		// Wake for the next round, or when a lease's validity runs out
 		// first (a round that hangs), so OnChange is told in time.
 		wait := time.Until(next)
-		if lapse, ok := m.nextLapse(); ok {
-			wait = min(wait, time.Until(lapse))
+		if t, ok := m.nextTransition(); ok {
+			wait = min(wait, time.Until(t))
 		}
 		timer.Reset(max(wait, 0))
 		select {
@@ -200,7 +211,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-m.wake:
 			next = m.opts.Now()
 		case <-timer.C:
-			if m.dropLapsed() {
+			if m.dropLapsed() || m.markSettled() {
 				m.opts.OnChange()
 			}
 		}
@@ -226,6 +237,7 @@ func (m *Manager) Sync(ctx context.Context) {
 	// spread between them.
 	rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 	changed := m.dropLapsed()
+	changed = m.markSettled() || changed
 	for _, k := range keys {
 		if ctx.Err() != nil {
 			break
@@ -283,8 +295,14 @@ func (m *Manager) step(ctx context.Context, key string) bool {
 	defer m.mu.Unlock()
 	switch {
 	case err == nil:
-		m.held[key] = &claim{rev: rev, validUntil: start.Add(m.opts.TTL - m.opts.Renew/2)}
-		return !wasHeld
+		c := &claim{rev: rev, validUntil: start.Add(m.opts.TTL - m.opts.Renew/2), activeAt: start, settled: true}
+		if had != nil {
+			c.activeAt, c.settled = had.activeAt, had.settled
+		} else if m.opts.Settle > 0 {
+			c.activeAt, c.settled = start.Add(m.opts.Settle), false
+		}
+		m.held[key] = c
+		return !wasHeld && c.settled
 	case had != nil && !errors.Is(err, jetstream.ErrKeyExists):
 		// Not known to be anyone else's: keep the revision to win it back
 		// with next round, but stop using it now.
@@ -313,13 +331,39 @@ func (m *Manager) dropLapsed() bool {
 	return any
 }
 
-func (m *Manager) nextLapse() (time.Time, bool) {
+// markSettled flags claims whose settling ended and reports whether there
+// were any.
+func (m *Manager) markSettled() bool {
+	now := m.opts.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	any := false
+	for _, c := range m.held {
+		if !c.lost && !c.settled && !now.Before(c.activeAt) {
+			c.settled = true
+			any = true
+		}
+	}
+	return any
+}
+
+// nextTransition is when a held lease next lapses or settles.
+func (m *Manager) nextTransition() (time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var t time.Time
+	earlier := func(u time.Time) {
+		if t.IsZero() || u.Before(t) {
+			t = u
+		}
+	}
 	for _, c := range m.held {
-		if !c.lost && (t.IsZero() || c.validUntil.Before(t)) {
-			t = c.validUntil
+		if c.lost {
+			continue
+		}
+		earlier(c.validUntil)
+		if !c.settled {
+			earlier(c.activeAt)
 		}
 	}
 	return t, !t.IsZero()

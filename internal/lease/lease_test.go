@@ -268,3 +268,27 @@ func TestRunRenewsAndReleases(t *testing.T) {
 		t.Fatal("b did not get the key a released at shutdown")
 	}
 }
+
+// A fresh claim settles before it counts as held (the previous holder's
+// Marketo calls leave the rate window); renewals do not settle again.
+func TestSettle(t *testing.T) {
+	js := embedded(t)
+	clk := &fakeClock{now: time.Now()}
+	var changes atomic.Int32
+	m := open(t, js, lease.Options{Bucket: "settle", Settle: 3 * time.Second, Now: clk.Now, OnChange: func() { changes.Add(1) }})
+	m.Want([]string{host})
+	m.Sync(context.Background())
+	if m.Held(host) || m.Count() != 1 || changes.Load() != 0 {
+		t.Fatalf("right after the claim: held %v, count %d, changes %d; want settling", m.Held(host), m.Count(), changes.Load())
+	}
+	clk.Add(3 * time.Second)
+	m.Sync(context.Background())
+	if !m.Held(host) || changes.Load() != 1 {
+		t.Fatalf("after settling: held %v, changes %d", m.Held(host), changes.Load())
+	}
+	clk.Add(time.Second)
+	m.Sync(context.Background())
+	if !m.Held(host) || changes.Load() != 1 {
+		t.Fatalf("after a renewal: held %v, changes %d", m.Held(host), changes.Load())
+	}
+}
