@@ -201,7 +201,7 @@ func (p *replicaProc) metric(name string) int {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`(?m)^`+name+` (\d+)`).FindSubmatch(b)
+	m := regexp.MustCompile(`(?m)^` + name + ` (\d+)`).FindSubmatch(b)
 	if m == nil {
 		return -1
 	}
@@ -404,6 +404,7 @@ func TestReplicas(t *testing.T) {
 		"SECRET_KEY":          "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 		"ORGANIZATION_SECRET": "org_proc_secret", "USER_SECRET": "usr_proc_secret",
 		"POLLER_MIN_INTERVAL": "500ms", "NOTIFY_RETRY_BASE": "1s", "LOG_LEVEL": "info",
+		"MARKETO_HOSTS": "127.0.0.1", "EGRESS_ALLOW": "127.0.0.0/8",
 	}
 	// The first replica creates the streams; the other two then start
 	// together (and bootstrap the organization with it only once). All
