@@ -113,3 +113,8 @@ func (p replicaPoller) PollNow(instanceID string) error {
 	}
 	return nil
 }
+
+// EffectiveInterval is the poller's: the same on every replica.
+func (p replicaPoller) EffectiveInterval(configured time.Duration) time.Duration {
+	return p.a.poller.EffectiveInterval(configured)
+}

@@ -402,7 +402,7 @@ func TestReplicas(t *testing.T) {
 	env := map[string]string{
 		"NATS_URL": strings.Join(cluster.urls, ","), "MONGODB_URI": uri, "MONGODB_DATABASE": "replicas",
 		"SECRET_KEY":          "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-		"ORGANIZATION_SECRET": "org_proc_secret", "USER_SECRET": "usr_proc_secret",
+		"ORGANIZATION_SECRET": "org_proc_secret_1", "USER_SECRET": "usr_proc_secret_1",
 		"POLLER_MIN_INTERVAL": "500ms", "NOTIFY_RETRY_BASE": "1s", "LOG_LEVEL": "info",
 		"MARKETO_HOSTS": "127.0.0.1", "EGRESS_ALLOW": "127.0.0.0/8",
 	}
