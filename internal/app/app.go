@@ -28,9 +28,11 @@ import (
 	"github.com/leadstream/leadstream/internal/metrics"
 	"github.com/leadstream/leadstream/internal/notify"
 	"github.com/leadstream/leadstream/internal/poller"
+	"github.com/leadstream/leadstream/internal/quota"
 	"github.com/leadstream/leadstream/internal/secrets"
 	"github.com/leadstream/leadstream/internal/store"
 	"github.com/leadstream/leadstream/internal/subscribe"
+	"github.com/leadstream/leadstream/internal/throttle"
 )
 
 // App is one running gateway.
@@ -52,7 +54,12 @@ type App struct {
 	conns     *connector.Registry
 	metrics   *metrics.Metrics
 	egress    *egress.Client
-	ln        net.Listener
+	// failures counts failed authentications per client address.
+	failures *throttle.Failures
+	// sse counts each organization's open SSE streams (the websocket
+	// transport counts its own connections).
+	sse *quota.Counter
+	ln  net.Listener
 
 	// ws serves websocket connections; Handler builds it.
 	ws *subscribe.Server
@@ -82,6 +89,8 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	}()
 	a.streams, a.endStreams = context.WithCancel(context.Background())
 	a.egress = egress.New(egress.Policy{MarketoHosts: cfg.MarketoHosts, Allow: cfg.EgressAllow})
+	a.failures = throttle.New(cfg.Limits.AuthFailures, cfg.Limits.AuthFailureWindow, nil)
+	a.sse = quota.New(cfg.Limits.SSEPerOrg)
 	key := cfg.SecretKey
 	if key == nil {
 		if key, err = secrets.LoadOrCreateKey(cfg.DataDir); err != nil {

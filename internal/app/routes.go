@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/leadstream/leadstream/internal/playground"
 	"github.com/leadstream/leadstream/internal/rest"
 	"github.com/leadstream/leadstream/internal/subscribe"
+	"github.com/leadstream/leadstream/internal/throttle"
 	"github.com/leadstream/leadstream/internal/webhook"
 )
 
@@ -285,6 +287,13 @@ func (h httpGraphQL) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeGraphQLError(w, http.StatusBadRequest, apperr.BadUserInput, "transport not supported")
 }
 
+var errRateLimited = apperr.New(apperr.RateLimited, "too many failed authentications from this address")
+
+// retrySeconds rounds a wait up to whole seconds for Retry-After.
+func retrySeconds(d time.Duration) int {
+	return int((d + time.Second - 1) / time.Second)
+}
+
 // authenticateHTTP checks the credentials of a GraphQL or REST request:
 // the one place for HTTP, where what applies to every such check (such as
 // throttling failures per client) belongs.
@@ -302,7 +311,16 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		client := throttle.ClientKey(r.RemoteAddr)
+		if wait, blocked := a.failures.Blocked(client); blocked {
+			w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(wait)))
+			writeGraphQLError(w, http.StatusTooManyRequests, apperr.RateLimited,
+				fmt.Sprintf("too many failed authentications from this address; retry after %d s", retrySeconds(wait)))
+			return
+		}
 		if isWebsocket(r) {
+			// Checked before the upgrade: a throttled address gets 429
+			// and never a socket.
 			a.ws.ServeHTTP(w, r)
 			return
 		}
@@ -322,10 +340,21 @@ func (a *App) requireAuth(next http.Handler) http.Handler {
 			if !errors.Is(err, auth.ErrUnauthenticated) {
 				a.log.Error("graphql auth", "err", err)
 				code, status, msg = apperr.Internal, http.StatusInternalServerError, "internal error"
+			} else {
+				a.failures.Fail(client)
 			}
 			w.Header().Set("WWW-Authenticate", `User realm="leadstream", Organization, Element`)
 			writeGraphQLError(w, status, code, msg)
 			return
+		}
+		if isStream {
+			release, ok := a.sse.Acquire(id.OrgID)
+			if !ok {
+				writeGraphQLError(w, http.StatusTooManyRequests, apperr.LimitExceeded, fmt.Sprintf(
+					"this organization has %d SSE streams open, the limit (SSE_PER_ORGANIZATION)", a.sse.Max()))
+				return
+			}
+			defer release()
 		}
 		if !a.readBody(w, r) {
 			return

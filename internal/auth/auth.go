@@ -137,6 +137,8 @@ type Store interface {
 	InsertUser(ctx context.Context, u store.User) error
 	HasOrganization(ctx context.Context) (bool, error)
 	InstanceByTokenHash(ctx context.Context, hash string) (store.Instance, error)
+	InsertCredential(ctx context.Context, c store.Credential) error
+	CredentialByHash(ctx context.Context, hash string) (store.Credential, error)
 }
 
 // Authenticator checks credentials against the store. Successful checks
@@ -243,19 +245,15 @@ func (a *Authenticator) authenticateUser(ctx context.Context, user, org string) 
 	if ok && now.Before(c.exp) {
 		return c.id, nil
 	}
-	o, err := a.store.OrganizationBySecretHash(ctx, key[1])
+	// One lookup of both secrets together: a wrong organization and a
+	// wrong user take the same time.
+	cr, err := a.store.CredentialByHash(ctx, secrets.PairHash(user, org))
 	if errors.Is(err, store.ErrNotFound) {
 		return Identity{}, ErrUnauthenticated
 	} else if err != nil {
 		return Identity{}, fmt.Errorf("auth: %w", err)
 	}
-	u, err := a.store.UserBySecretHash(ctx, key[0])
-	if errors.Is(err, store.ErrNotFound) || (err == nil && u.OrgID != o.ID) {
-		return Identity{}, ErrUnauthenticated
-	} else if err != nil {
-		return Identity{}, fmt.Errorf("auth: %w", err)
-	}
-	id := Identity{OrgID: o.ID, UserID: u.ID}
+	id := Identity{OrgID: cr.OrgID, UserID: cr.UserID}
 	a.mu.Lock()
 	if len(a.cache) >= cacheMax {
 		clear(a.cache)
@@ -324,6 +322,10 @@ func (a *Authenticator) CreatePair(ctx context.Context, orgSecret, userSecret st
 			return Identity{}, errors.New("auth: bootstrap: USER_SECRET already belongs to another organization")
 		}
 	} else if err != nil {
+		return Identity{}, fmt.Errorf("auth: bootstrap: %w", err)
+	}
+	cr := store.Credential{ID: secrets.PairHash(userSecret, orgSecret), OrgID: o.ID, UserID: u.ID}
+	if err := a.store.InsertCredential(ctx, cr); err != nil && !errors.Is(err, store.ErrDuplicate) {
 		return Identity{}, fmt.Errorf("auth: bootstrap: %w", err)
 	}
 	return Identity{OrgID: o.ID, UserID: u.ID}, nil

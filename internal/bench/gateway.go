@@ -53,7 +53,7 @@ func startGateway(ctx context.Context, dir string) (*gateway, error) {
 		"ORGANIZATION_SECRET": benchOrgSecret, "USER_SECRET": benchUserSecret,
 		"LOG_LEVEL": "error", "MARKETO_HOSTS": "127.0.0.1", "EGRESS_ALLOW": "127.0.0.0/8",
 		// One organization holds every benchmark connection.
-		"WEBSOCKETS_PER_ORGANIZATION": "1000000",
+		"WEBSOCKETS_PER_ORGANIZATION": "1000000", "SSE_PER_ORGANIZATION": "1000000",
 	}
 	cfg, err := config.Load(func(k string) string { return env[k] })
 	if err != nil {

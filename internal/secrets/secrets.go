@@ -118,6 +118,12 @@ func Hash(secret string) string {
 	return hex.EncodeToString(s[:])
 }
 
+// PairHash is the stored form of a user secret and an organization secret
+// together: one lookup checks both.
+func PairHash(user, org string) string {
+	return Hash(Hash(user) + ":" + Hash(org))
+}
+
 // Equal compares two strings in constant time.
 func Equal(a, b string) bool {
 	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1

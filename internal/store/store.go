@@ -269,6 +269,7 @@ const (
 	colOAuthCodes    = "oauth_codes"
 	colRedemptions   = "oauth_redemptions"
 	colOAuthClaims   = "oauth_claims"
+	colCredentials   = "credentials"
 	colPollStates    = "poll_states"
 )
 

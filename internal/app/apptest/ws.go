@@ -125,17 +125,21 @@ func (s *Sub) readWS() {
 			s.errs <- err
 			return
 		}
+		// An error message's payload is a list, a result's an object.
+		var env struct{ Type string }
+		if json.Unmarshal(raw, &env) != nil {
+			continue
+		}
 		var m struct {
-			Type    string
 			Payload struct {
 				Data   json.RawMessage
 				Errors []json.RawMessage
 			}
 		}
-		if json.Unmarshal(raw, &m) != nil {
+		if env.Type != "error" && json.Unmarshal(raw, &m) != nil {
 			continue
 		}
-		switch m.Type {
+		switch env.Type {
 		case "next", "data":
 			s.msgs <- Message{Data: m.Payload.Data, Errors: m.Payload.Errors, Raw: raw}
 		case "error":
