@@ -120,9 +120,20 @@ func TestFailedAuthThrottled(t *testing.T) {
 	if resp := ask(other, apptest.AuthA); resp.StatusCode != http.StatusOK {
 		t.Fatalf("the right credentials from another address: %d", resp.StatusCode)
 	}
+	// REST counts and refuses the same way.
+	req, _ := http.NewRequest(http.MethodGet, g.URL+"/instances", nil)
+	req.Header.Set("Authorization", apptest.AuthA)
+	resp, err := attacker.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("REST from the throttled address: %d", resp.StatusCode)
+	}
 	// A throttled address is refused before the websocket upgrade.
 	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
-	_, resp, err := d.Dial(strings.Replace(g.URL, "http", "ws", 1)+"/graphql", nil)
+	_, resp, err = d.Dial(strings.Replace(g.URL, "http", "ws", 1)+"/graphql", nil)
 	if !errors.Is(err, websocket.ErrBadHandshake) || resp == nil || resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("websocket from the throttled address: %v", err)
 	}
