@@ -285,7 +285,12 @@ func (a *Authenticator) Bootstrap(ctx context.Context, orgSecret, userSecret str
 		if err != nil {
 			return fmt.Errorf("auth: bootstrap: %w", err)
 		}
-		if err := a.store.InsertUser(ctx, store.User{ID: uuid.NewString(), OrgID: firstOrganizationID, SecretHash: secrets.Hash(userSecret), CreatedAt: now}); err != nil {
+		u := store.User{ID: uuid.NewString(), OrgID: firstOrganizationID, SecretHash: secrets.Hash(userSecret), CreatedAt: now}
+		if err := a.store.InsertUser(ctx, u); err != nil {
+			return fmt.Errorf("auth: bootstrap: %w", err)
+		}
+		cr := store.Credential{ID: secrets.PairHash(userSecret, orgSecret), OrgID: firstOrganizationID, UserID: u.ID}
+		if err := a.store.InsertCredential(ctx, cr); err != nil {
 			return fmt.Errorf("auth: bootstrap: %w", err)
 		}
 		_, err = fmt.Fprintf(out, "\nCreated the first organization. Keep these secrets: they are shown only once.\n"+
