@@ -193,6 +193,33 @@ func (l *Log) Read(ctx context.Context, f events.Filter, after int64, limit int)
 	if limit <= 0 {
 		return nil, nil
 	}
+	// While a cluster elects new leaders after losing a node, JetStream's API
+	// has no responder for a few seconds; a read is idempotent, so it waits
+	// that out (bounded) instead of failing the caller.
+	deadline := time.Now().Add(readRetryFor)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		evs, err := l.read(ctx, f, after, limit)
+		if err == nil || !transient(err) || time.Now().Add(wait).After(deadline) {
+			return evs, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+	}
+}
+
+// readRetryFor bounds how long a read waits out a cluster without leaders.
+const readRetryFor = 15 * time.Second
+
+// transient reports errors a JetStream cluster gives while it fails over.
+func transient(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrTimeout)
+}
+
+func (l *Log) read(ctx context.Context, f events.Filter, after int64, limit int) ([]*events.Event, error) {
 	if after > 0 {
 		info, err := l.events.Info(ctx)
 		if err != nil {
