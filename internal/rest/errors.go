@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/leadstream/leadstream/internal/apperr"
 	"github.com/leadstream/leadstream/internal/auth"
@@ -52,7 +51,7 @@ func (api *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 			body.Invalid = append(body.Invalid, invalidJSON{Key: k, Message: e.Invalid[k]})
 		}
 	} else if errors.Is(err, auth.ErrUnauthenticated) {
-		body.Code, body.Message = apperr.Unauthenticated, strings.TrimPrefix(auth.ErrUnauthenticated.Error(), "auth: ")
+		body.Code, body.Message = apperr.Unauthenticated, auth.UnauthenticatedMessage
 	}
 	status, ok := statusOf[body.Code]
 	if !ok {
