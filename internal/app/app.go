@@ -140,17 +140,20 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 	a.broker = events.NewBroker(cfg.SubscriptionBuffer)
 	a.connect = connect.New(st, box, a.conns, cfg.PublicURL, verify, a.egress, cfg.Limits.ConnectLinksPerOrg, log)
 	a.instances = instance.NewService(instanceStore{st, a.evlog}, box, a.conns, a.connect, verify, a.egress, cfg.PublicURL, log, a.instanceChanged)
-	a.notifier = notify.New(a.evlog, a.instances, notify.Options{
-		RetryBase: cfg.NotifyRetryBase, HTTPClient: a.egress.Callbacks(), Logger: log, Observe: a.metrics.Delivery,
+	a.notifier, err = notify.New(a.evlog, a.instances, a.egress.Callbacks(), notify.Options{
+		RetryBase: cfg.NotifyRetryBase, Logger: log, Observe: a.metrics.Delivery,
 	})
+	if err != nil {
+		return nil, fmt.Errorf("app: %w", err)
+	}
 	a.ingester = events.NewIngester(a.evlog, events.IngesterOptions{
 		Logger:   log,
 		Appended: func(d time.Duration, n int, src events.Source) { a.metrics.Appended(d, n, string(src)) },
 	})
 	limits := marketo.NewLimits(marketo.DefaultMaxCalls, marketo.DefaultWindow, marketo.DefaultMaxConcurrent)
-	a.poller = poller.New(st, a.ingester, a.evlog, box, poller.Options{
+	a.poller = poller.New(st, a.ingester, a.evlog, box, a.egress.Marketo(), poller.Options{
 		MinInterval: cfg.PollerMinInterval, Limits: limits, Logger: log,
-		ClientOptions: marketo.Options{HTTPClient: a.egress.Marketo(), Logger: log, Observe: a.metrics.MarketoCall},
+		ClientOptions: marketo.Options{Logger: log, Observe: a.metrics.MarketoCall},
 		ObservePoll:   a.metrics.Poll,
 		Leases:        a.leases,
 	})

@@ -51,9 +51,6 @@ type Credentials struct {
 
 // Options tune a Client; the zero value is usable.
 type Options struct {
-	// HTTPClient makes the identity and REST requests; nil means
-	// http.DefaultClient.
-	HTTPClient *http.Client
 	// Limits is shared by every Client of the process so that all calls to
 	// one Marketo subscription share its limits. nil gives this Client
 	// limits of its own with the production values.
@@ -88,7 +85,7 @@ type Options struct {
 // goroutines, so there is nothing to close.
 type Client struct {
 	restBase    string // scheme://host[/prefix], without a trailing slash
-	configErr   error  // set when the credentials' URLs are unusable
+	configErr   error  // set when the credentials' URLs are unusable or there is no HTTP client
 	oauth       clientcredentials.Config
 	http        *http.Client
 	limiter     *hostLimiter
@@ -106,11 +103,17 @@ type Client struct {
 	tokenFetched time.Time
 }
 
-// New makes a Client. It does no I/O; unusable URLs in creds surface as
-// ErrInvalidCredentials from every call.
-func New(creds Credentials, opts Options) *Client {
+// ErrNoHTTPClient: a Client or VerifyCredentials was given no HTTP client.
+// There is no default: every call leaves through the egress client, which
+// enforces MARKETO_HOSTS.
+var ErrNoHTTPClient = errors.New("marketo: no HTTP client given")
+
+// New makes a Client whose requests go through httpClient (the egress
+// Marketo client). It does no I/O; unusable URLs in creds surface as
+// ErrInvalidCredentials from every call, a nil httpClient as ErrNoHTTPClient.
+func New(creds Credentials, httpClient *http.Client, opts Options) *Client {
 	c := &Client{
-		http:        opts.HTTPClient,
+		http:        httpClient,
 		log:         opts.Logger,
 		callTimeout: opts.CallTimeout,
 		maxBody:     opts.MaxResponseBytes,
@@ -118,9 +121,6 @@ func New(creds Credentials, opts Options) *Client {
 		backoffBase: opts.BackoffBase,
 		observe:     opts.Observe,
 		fetching:    make(chan struct{}, 1),
-	}
-	if c.http == nil {
-		c.http = http.DefaultClient
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -152,6 +152,9 @@ func New(creds Credentials, opts Options) *Client {
 	if err != nil {
 		c.configErr = err
 	}
+	if httpClient == nil {
+		c.configErr = ErrNoHTTPClient
+	}
 	c.oauth = oauth
 	rest, err := parseRESTURL(creds.RESTURL)
 	if err != nil && c.configErr == nil {
@@ -168,8 +171,9 @@ func New(creds Credentials, opts Options) *Client {
 
 // VerifyCredentials asks for one token, to tell the user at once whether
 // the credentials work. It returns nil, ErrInvalidCredentials (refused, or
-// unusable URLs), ErrUnreachable or ErrTransient. A nil httpClient means
-// http.DefaultClient; without a deadline in ctx it gives up after
+// unusable URLs), ErrUnreachable or ErrTransient, or ErrNoHTTPClient for a
+// nil httpClient (there is no default: the egress client enforces
+// MARKETO_HOSTS); without a deadline in ctx it gives up after
 // DefaultCallTimeout. RESTURL is checked for form only, and only when set.
 func VerifyCredentials(ctx context.Context, creds Credentials, httpClient *http.Client) error {
 	cfg, err := tokenConfig(creds)
@@ -182,7 +186,7 @@ func VerifyCredentials(ctx context.Context, creds Credentials, httpClient *http.
 		}
 	}
 	if httpClient == nil {
-		httpClient = http.DefaultClient
+		return ErrNoHTTPClient
 	}
 	tctx := context.WithValue(ctx, oauth2.HTTPClient, httpClient)
 	if _, ok := ctx.Deadline(); !ok {

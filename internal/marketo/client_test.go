@@ -41,7 +41,7 @@ func testOptions() marketo.Options {
 }
 
 func newClient(s *marketotest.Server, opts marketo.Options) *marketo.Client {
-	return marketo.New(creds(s), opts)
+	return marketo.New(creds(s), marketotest.HTTPClient(), opts)
 }
 
 func TestTokenCached(t *testing.T) {
@@ -207,7 +207,7 @@ func TestVerifyCredentials(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cr := creds(s)
 			tt.modify(&cr)
-			err := marketo.VerifyCredentials(t.Context(), cr, nil)
+			err := marketo.VerifyCredentials(t.Context(), cr, marketotest.HTTPClient())
 			checkErr(t, err, tt.want, "")
 		})
 	}
@@ -355,7 +355,7 @@ func TestSuccessFalseWithHTTP200(t *testing.T) {
 			cr.RESTURL = rest.URL
 			opts := testOptions()
 			opts.MaxRetries = 1
-			_, err := marketo.New(cr, opts).ActivityTypes(t.Context())
+			_, err := marketo.New(cr, marketotest.HTTPClient(), opts).ActivityTypes(t.Context())
 			checkErr(t, err, tt.want, tt.code)
 		})
 	}
@@ -413,8 +413,23 @@ func TestInvalidURLsFailWithoutCalls(t *testing.T) {
 	s := newFake(t)
 	cr := creds(s)
 	cr.RESTURL = "::not a url"
-	_, err := marketo.New(cr, testOptions()).ActivityTypes(t.Context())
+	_, err := marketo.New(cr, marketotest.HTTPClient(), testOptions()).ActivityTypes(t.Context())
 	checkErr(t, err, marketo.ErrInvalidCredentials, "")
+	if st := s.Stats(); st.RESTCalls != 0 || st.TokenRequests != 0 {
+		t.Fatalf("stats = %+v, want no calls", st)
+	}
+}
+
+// TestNoHTTPClient: without the egress client nothing is sent, and there
+// is no default client to fall back on.
+func TestNoHTTPClient(t *testing.T) {
+	s := newFake(t)
+	if _, err := marketo.New(creds(s), nil, testOptions()).ActivityTypes(t.Context()); !errors.Is(err, marketo.ErrNoHTTPClient) {
+		t.Fatalf("client without HTTP client: %v, want ErrNoHTTPClient", err)
+	}
+	if err := marketo.VerifyCredentials(t.Context(), creds(s), nil); !errors.Is(err, marketo.ErrNoHTTPClient) {
+		t.Fatalf("VerifyCredentials without HTTP client: %v, want ErrNoHTTPClient", err)
+	}
 	if st := s.Stats(); st.RESTCalls != 0 || st.TokenRequests != 0 {
 		t.Fatalf("stats = %+v, want no calls", st)
 	}

@@ -29,8 +29,9 @@ type Limits struct {
 	hosts map[string]*hostLimiter
 }
 
-// NewLimits allows, per REST host, at most maxCalls calls starting in any
-// span of window, and at most maxConcurrent calls in flight. A value <= 0
+// NewLimits allows, per REST host, at most maxCalls calls in any span of
+// window (a call counts from its start to its end), and at most
+// maxConcurrent calls in flight. A value <= 0
 // lifts that limit. Production uses NewLimits(50, 20*time.Second, 5).
 func NewLimits(maxCalls int, window time.Duration, maxConcurrent int) *Limits {
 	return &Limits{
@@ -79,38 +80,43 @@ func hostKey(u *url.URL) string {
 
 // hostLimiter enforces the limits of one Marketo subscription.
 //
-// The call limit is a sliding log: starts holds the start times of the last
-// maxCalls calls, and a call may start only once the oldest of them is more
-// than window (plus a margin) ago. Unlike a token bucket, whose burst lets
-// about twice the rate through in one window, this bounds every window.
+// The call limit is a sliding log of maxCalls slots. Marketo counts a call
+// when it arrives, which is some time after we start it and before its
+// answer is back, and that delay varies (a loaded machine, a slow
+// network). So a slot is held from a call's start until its end, and may
+// be taken again only window after that end: then any window of Marketo's
+// clock sees at most maxCalls arrivals, however late each one was. (Counting
+// starts only, a margin guessed the delay, and under load Marketo saw more
+// than maxCalls in a window.) Unlike a token bucket, whose burst lets about
+// twice the rate through in one window, this bounds every window.
 type hostLimiter struct {
 	sem    chan struct{} // one slot per call in flight; nil when unlimited
-	span   time.Duration // window plus margin
-	starts []time.Time   // ring of the last maxCalls start times
+	window time.Duration // 0: no call limit
 	max    int
 
 	mu          sync.Mutex
-	next        int       // index of the oldest start once the ring is full
-	pausedUntil time.Time // set after a 606: no call starts before it
+	ended       []time.Time   // per slot: when its last call ended; zero while one runs
+	busy        []bool        // per slot: a call holds it
+	freed       chan struct{} // closed and replaced when a call ends
+	pausedUntil time.Time     // set after a 606: no call starts before it
 }
 
 func newHostLimiter(maxCalls int, window time.Duration, maxConcurrent int) *hostLimiter {
-	h := &hostLimiter{max: maxCalls}
+	h := &hostLimiter{max: maxCalls, freed: make(chan struct{})}
 	if maxConcurrent > 0 {
 		h.sem = make(chan struct{}, maxConcurrent)
 	}
 	if maxCalls > 0 && window > 0 {
-		// Marketo sees a call a little after we count it, and not always
-		// equally late; the margin keeps its view of a window under the
-		// limit too.
-		h.span = window + min(window/10, time.Second)
-		h.starts = make([]time.Time, 0, maxCalls)
+		h.window = window
+		h.ended = make([]time.Time, maxCalls)
+		h.busy = make([]bool, maxCalls)
 	}
 	return h
 }
 
 // acquire waits until a call may start, counts it as started, and returns
-// the function that ends it. It gives up when ctx is done.
+// the function that ends it (to be called once its answer is read). It
+// gives up when ctx is done.
 func (h *hostLimiter) acquire(ctx context.Context) (release func(), err error) {
 	if h.sem != nil {
 		select {
@@ -119,49 +125,79 @@ func (h *hostLimiter) acquire(ctx context.Context) (release func(), err error) {
 			return nil, ctx.Err()
 		}
 	}
-	release = func() {
+	unsem := func() {
 		if h.sem != nil {
 			<-h.sem
 		}
 	}
 	for {
-		wait := h.reserve(time.Now())
-		if wait <= 0 {
-			return release, nil
+		slot, wait, freed := h.reserve(time.Now())
+		if slot >= 0 || (wait <= 0 && freed == nil) {
+			return func() {
+				h.end(slot, time.Now())
+				unsem()
+			}, nil
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			release()
-			return nil, ctx.Err()
+		if freed == nil {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+				continue
+			case <-ctx.Done():
+				t.Stop()
+			}
+		} else {
+			select {
+			case <-freed:
+				continue
+			case <-ctx.Done():
+			}
 		}
+		unsem()
+		return nil, ctx.Err()
 	}
 }
 
-// reserve records a call starting at now and returns 0, or returns how
-// long to wait before trying again.
-func (h *hostLimiter) reserve(now time.Time) time.Duration {
+// reserve takes a slot for a call starting at now and returns its index
+// (-1 with no call limit). Otherwise it returns how long to wait before
+// trying again, or, when every slot is held by a running call, a channel
+// closed when one ends.
+func (h *hostLimiter) reserve(now time.Time) (slot int, wait time.Duration, freed <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if now.Before(h.pausedUntil) {
-		return h.pausedUntil.Sub(now)
+		return -1, h.pausedUntil.Sub(now), nil
 	}
-	if h.span == 0 {
-		return 0
+	if h.window == 0 {
+		return -1, 0, nil
 	}
-	if len(h.starts) < h.max {
-		h.starts = append(h.starts, now)
-		return 0
+	best := -1
+	for i := range h.ended {
+		if !h.busy[i] && (best < 0 || h.ended[i].Before(h.ended[best])) {
+			best = i
+		}
 	}
-	oldest := h.starts[h.next]
-	if wait := oldest.Add(h.span).Sub(now); wait > 0 {
-		return wait
+	if best < 0 {
+		return -1, 0, h.freed
 	}
-	h.starts[h.next] = now
-	h.next = (h.next + 1) % h.max
-	return 0
+	if wait := h.ended[best].Add(h.window).Sub(now); wait > 0 {
+		return -1, wait, nil
+	}
+	h.busy[best] = true
+	return best, 0, nil
+}
+
+// end frees a call's slot: the window of that slot runs from now.
+func (h *hostLimiter) end(slot int, now time.Time) {
+	if slot < 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.busy[slot] = false
+	h.ended[slot] = now
+	close(h.freed)
+	h.freed = make(chan struct{})
 }
 
 // pause keeps every call to the host from starting for d, after Marketo

@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +20,8 @@ import (
 // TestLimitsSharedByClients hammers one fake subscription with 20 clients
 // (20 API users) sharing one Limits: the fake must never see more than
 // maxCalls calls start in any window, nor more than maxConcurrent at once.
+// The fake counts a call when it arrives, as Marketo does, however late
+// that is after the client started it: the limiter must hold under load.
 func TestLimitsSharedByClients(t *testing.T) {
 	const (
 		clients       = 20
@@ -34,7 +41,7 @@ func TestLimitsSharedByClients(t *testing.T) {
 		s.AddClient(id, secret)
 		cs[i] = marketo.New(
 			marketo.Credentials{ClientID: id, ClientSecret: secret, IdentityURL: s.IdentityURL(), RESTURL: s.RESTURL()},
-			marketo.Options{Limits: limits, BackoffBase: time.Millisecond},
+			marketotest.HTTPClient(), marketo.Options{Limits: limits, BackoffBase: time.Millisecond},
 		)
 	}
 
@@ -77,6 +84,48 @@ func TestLimitsSharedByClients(t *testing.T) {
 	}
 }
 
+// TestLimitsHoldWhenCallsArriveLate: the first calls reach Marketo late
+// (a proxy holds them), the next ones at once. Marketo's window counts
+// arrivals, so a call's slot is only free a window after its answer.
+func TestLimitsHoldWhenCallsArriveLate(t *testing.T) {
+	const (
+		maxCalls = 10
+		window   = 500 * time.Millisecond
+		late     = 300 * time.Millisecond
+	)
+	s := newFake(t)
+	target, _ := url.Parse(s.RESTURL())
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var seen atomic.Int64
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if seen.Add(1) <= maxCalls {
+			time.Sleep(late) // the network holding a request, not a wait for a condition
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(slow.Close)
+	cr := creds(s)
+	cr.RESTURL = slow.URL
+	c := marketo.New(cr, marketotest.HTTPClient(), marketo.Options{Limits: marketo.NewLimits(maxCalls, window, 0), BackoffBase: time.Millisecond})
+	if _, err := c.ActivityTypes(t.Context()); err != nil { // the token, outside the count
+		t.Fatal(err)
+	}
+	s.ResetStats()
+	seen.Store(0)
+	var wg sync.WaitGroup
+	for range 2*maxCalls - 1 {
+		wg.Go(func() {
+			if _, err := c.ActivityTypes(t.Context()); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := s.Stats().MaxInWindow(window); got > maxCalls {
+		t.Fatalf("Marketo saw %d calls in one %v window, limit %d", got, window, maxCalls)
+	}
+}
+
 func TestLimitsPerHost(t *testing.T) {
 	a, b := marketotest.New(), marketotest.New()
 	t.Cleanup(a.Close)
@@ -99,14 +148,14 @@ func TestLimitsPerHost(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			limits := marketo.NewLimits(1, time.Minute, 1)
-			first := marketo.New(creds(a), marketo.Options{Limits: limits})
+			first := marketo.New(creds(a), marketotest.HTTPClient(), marketo.Options{Limits: limits})
 			if _, err := first.ActivityTypes(t.Context()); err != nil {
 				t.Fatal(err)
 			}
 			cr := creds(tt.server)
 			cr.ClientID = tt.clientID
 			cr.RESTURL = tt.restURL(tt.server.RESTURL())
-			second := marketo.New(cr, marketo.Options{Limits: limits})
+			second := marketo.New(cr, marketotest.HTTPClient(), marketo.Options{Limits: limits})
 			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 			defer cancel()
 			_, err := second.ActivityTypes(ctx)
@@ -128,14 +177,14 @@ func TestRateLimitPausesSubscription(t *testing.T) {
 	s.SetFault(marketotest.Fault{Code: "606", Times: 1})
 	limits := marketo.NewLimits(0, 0, 0)
 	const base = 10 * time.Millisecond // pause about 20 × base
-	first := marketo.New(creds(s), marketo.Options{Limits: limits, BackoffBase: base, MaxRetries: -1})
+	first := marketo.New(creds(s), marketotest.HTTPClient(), marketo.Options{Limits: limits, BackoffBase: base, MaxRetries: -1})
 	if _, err := first.ActivityTypes(t.Context()); !errors.Is(err, marketo.ErrRateLimited) {
 		t.Fatalf("error = %v, want ErrRateLimited", err)
 	}
 	hit := time.Now()
 	cr := creds(s)
 	cr.ClientID = "other"
-	if _, err := marketo.New(cr, marketo.Options{Limits: limits, BackoffBase: base}).ActivityTypes(t.Context()); err != nil {
+	if _, err := marketo.New(cr, marketotest.HTTPClient(), marketo.Options{Limits: limits, BackoffBase: base}).ActivityTypes(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if waited := time.Since(hit); waited < 15*base {

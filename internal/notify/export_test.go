@@ -4,5 +4,5 @@ import "time"
 
 // BackoffAfter exposes the retry schedule to the tests.
 func BackoffAfter(base time.Duration, attempt int) time.Duration {
-	return New(nil, nil, Options{RetryBase: base}).backoff(attempt)
+	return (&Notifier{o: Options{RetryBase: base}}).backoff(attempt)
 }

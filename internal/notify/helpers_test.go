@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -15,12 +16,25 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/leadstream/leadstream/internal/egress"
 	"github.com/leadstream/leadstream/internal/eventlog"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/notify"
 )
 
 const orgID = "org-1"
+
+// newNotifier builds a Notifier on the gateway's callbacks client with
+// loopback allowed (EGRESS_ALLOW=127.0.0.0/8), as the app's tests run it.
+func newNotifier(t *testing.T, q notify.Queue, tg notify.Targets, o notify.Options) *notify.Notifier {
+	t.Helper()
+	c := egress.New(egress.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	n, err := notify.New(q, tg, c.Callbacks(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
 
 // targets is an in-memory instance table: instance id -> callback URL and key.
 type targets struct {

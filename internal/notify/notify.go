@@ -54,12 +54,7 @@ type Options struct {
 	// FetchWait is how long one fetch from the queue waits for jobs
 	// (default 1s); it bounds how long Run takes to notice shutdown.
 	FetchWait time.Duration
-	// HTTPClient sends the POSTs (default: a client on a clone of
-	// http.DefaultTransport, whose idle connections Run closes on return).
-	// Its CheckRedirect is replaced: a redirect is never followed and counts
-	// as a failed attempt.
-	HTTPClient *http.Client
-	Logger     *slog.Logger
+	Logger    *slog.Logger
 	// Observe, when set, is called once per outcome: OutcomeDelivered,
 	// OutcomeFailedAttempt (each failed POST), OutcomeGaveUp (the event is
 	// FAILED: attempts exhausted or no target). It must not block.
@@ -84,8 +79,19 @@ type Notifier struct {
 // SummaryEvery is how often at most the notifier logs its delivery summaries.
 const SummaryEvery = time.Minute
 
-// New prepares a Notifier; nothing runs until Run.
-func New(q Queue, t Targets, o Options) *Notifier {
+// ErrNoHTTPClient: New was given no HTTP client. There is no default: a
+// callback leaves through the egress client, which refuses internal
+// addresses.
+var ErrNoHTTPClient = errors.New("notify: no HTTP client given")
+
+// New prepares a Notifier whose POSTs go through httpClient (the egress
+// callbacks client; Run closes its idle connections on return). Its
+// CheckRedirect is replaced in a copy: a redirect is never followed and
+// counts as a failed attempt. Nothing runs until Run.
+func New(q Queue, t Targets, httpClient *http.Client, o Options) (*Notifier, error) {
+	if httpClient == nil {
+		return nil, ErrNoHTTPClient
+	}
 	if o.RetryBase <= 0 {
 		o.RetryBase = 4 * time.Second
 	}
@@ -104,21 +110,14 @@ func New(q Queue, t Targets, o Options) *Notifier {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	// Our own transport by default, so Run can close its idle connections.
-	client := &http.Client{}
-	if tr, ok := http.DefaultTransport.(*http.Transport); ok {
-		client.Transport = tr.Clone()
-	}
-	if o.HTTPClient != nil {
-		c := *o.HTTPClient
-		client = &c
-	}
+	c := *httpClient
+	client := &c
 	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	log := o.Logger.With("component", "notify")
 	return &Notifier{queue: q, targets: t, o: o, client: client, log: log,
 		failures:  logsummary.New(log, slog.LevelWarn, "notify: callback deliveries failing", SummaryEvery),
 		delivered: logsummary.New(log, slog.LevelDebug, "notify: delivered", SummaryEvery),
-	}
+	}, nil
 }
 
 // Run delivers until ctx ends, then waits for the attempts in flight: each

@@ -109,7 +109,7 @@ func TestCallbackRequest(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			n := notify.New(s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond})
+			n := newNotifier(t, s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond})
 			stop := start(t, n)
 			waitState(t, s, ev, events.DeliveryDelivered)
 			stop()
@@ -163,9 +163,13 @@ func TestOutcomes(t *testing.T) {
 	}))
 	t.Cleanup(elsewhere.Close)
 
-	const attemptTimeout = 200 * time.Millisecond
+	// Each case's attempt timeout: long, so that a loaded machine never
+	// turns a quick answer into a timed-out attempt, except where the case
+	// is about the timeout.
+	const longTimeout, shortTimeout = 10 * time.Second, 300 * time.Millisecond
 	tests := []struct {
 		name         string
+		timeout      time.Duration // 0: longTimeout
 		noTarget     bool
 		respond      func(n int, w http.ResponseWriter, r *http.Request) // n: 1-based request count
 		wantState    events.DeliveryState
@@ -186,7 +190,8 @@ func TestOutcomes(t *testing.T) {
 			wantObserved: map[string]int{notify.OutcomeFailedAttempt: 2, notify.OutcomeDelivered: 1},
 		},
 		{
-			name: "hanging past the attempt timeout is a failed attempt",
+			name:    "hanging past the attempt timeout is a failed attempt",
+			timeout: shortTimeout,
 			respond: func(n int, w http.ResponseWriter, r *http.Request) {
 				if n == 1 {
 					select {
@@ -196,10 +201,10 @@ func TestOutcomes(t *testing.T) {
 				}
 			},
 			wantState: events.DeliveryDelivered, wantStatuses: []int{0, 200},
-			wantErr:      []string{"no answer within 200ms", ""},
+			wantErr:      []string{"no answer within 300ms", ""},
 			wantObserved: map[string]int{notify.OutcomeFailedAttempt: 1, notify.OutcomeDelivered: 1},
 			check: func(t *testing.T, as []events.Attempt) {
-				if as[0].DurationMs < int(attemptTimeout/time.Millisecond) {
+				if as[0].DurationMs < int(shortTimeout/time.Millisecond) {
 					t.Errorf("timed-out attempt took %dms, less than the timeout", as[0].DurationMs)
 				}
 			},
@@ -233,7 +238,9 @@ func TestOutcomes(t *testing.T) {
 			wantState: events.DeliveryDelivered, wantStatuses: []int{200}, wantErr: []string{""},
 			wantObserved: map[string]int{notify.OutcomeDelivered: 1},
 			check: func(t *testing.T, as []events.Attempt) {
-				if as[0].DurationMs >= int(attemptTimeout/time.Millisecond) {
+				// Read to its end, the body would hold the attempt until the
+				// timeout; the attempt stops after a few KiB instead.
+				if as[0].DurationMs >= int(longTimeout/time.Millisecond) {
 					t.Errorf("attempt took %dms: the body was read until the timeout", as[0].DurationMs)
 				}
 			},
@@ -263,8 +270,12 @@ func TestOutcomes(t *testing.T) {
 			}
 			ev := addEvents(t, s, instanceID, 1)[0]
 			var obs observed
-			n := notify.New(s, tg, notify.Options{
-				RetryBase: 10 * time.Millisecond, AttemptTimeout: attemptTimeout,
+			timeout := tc.timeout
+			if timeout == 0 {
+				timeout = longTimeout
+			}
+			n := newNotifier(t, s, tg, notify.Options{
+				RetryBase: 10 * time.Millisecond, AttemptTimeout: timeout,
 				Observe: obs.observe,
 			})
 			stop := start(t, n)
@@ -323,6 +334,14 @@ func TestOutcomes(t *testing.T) {
 				t.Errorf("observed %v, want %v", got, tc.wantObserved)
 			}
 		})
+	}
+}
+
+// TestNoHTTPClient: there is no default client to fall back on.
+func TestNoHTTPClient(t *testing.T) {
+	t.Parallel()
+	if _, err := notify.New(eventlogtest.New(t), newTargets(), nil, notify.Options{}); !errors.Is(err, notify.ErrNoHTTPClient) {
+		t.Fatalf("New without a client: %v, want ErrNoHTTPClient", err)
 	}
 }
 
@@ -424,7 +443,7 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 			ev := addEvents(t, s, instanceID, 1)[0]
 			var obs observed
 			rec := &recorder{Log: s}
-			n := notify.New(rec, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, Observe: obs.observe})
+			n := newNotifier(t, rec, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, Observe: obs.observe})
 			stop := start(t, n)
 			d := waitState(t, s, ev, events.DeliveryFailed)
 			stop()
@@ -511,7 +530,7 @@ func TestResumesAfterRestart(t *testing.T) {
 	ev := addEvents(t, s, "inst-restart", 1)[0]
 	opts := notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond}
 
-	stop := start(t, notify.New(s, tg, opts))
+	stop := start(t, newNotifier(t, s, tg, opts))
 	waitFor(t, 10*time.Second, "two failed attempts", func() bool { return len(attempts(t, s, "inst-restart")) >= 2 })
 	stop()
 	before := delivery(t, s, ev)
@@ -520,7 +539,7 @@ func TestResumesAfterRestart(t *testing.T) {
 	}
 
 	failing.Store(false)
-	stop = start(t, notify.New(s, tg, opts))
+	stop = start(t, newNotifier(t, s, tg, opts))
 	d := waitState(t, s, ev, events.DeliveryDelivered)
 	stop()
 
@@ -603,7 +622,7 @@ func TestConcurrentDeliveries(t *testing.T) {
 	tg := newTargets()
 	tg.set("inst-many", srv.URL, "whsec_c2VjcmV0")
 	var delivered atomic.Int64
-	n := notify.New(s, tg, notify.Options{
+	n := newNotifier(t, s, tg, notify.Options{
 		RetryBase: 5 * time.Millisecond, AttemptTimeout: 2 * time.Second,
 		Workers: workers,
 		Observe: func(outcome string) {
@@ -613,7 +632,7 @@ func TestConcurrentDeliveries(t *testing.T) {
 		},
 	})
 	stop := start(t, n)
-	stop2 := start(t, notify.New(s, tg, notify.Options{
+	stop2 := start(t, newNotifier(t, s, tg, notify.Options{
 		RetryBase: 5 * time.Millisecond, AttemptTimeout: 2 * time.Second, Workers: workers,
 		Observe: func(outcome string) {
 			if outcome == notify.OutcomeDelivered {
@@ -675,7 +694,7 @@ func TestRunDrains(t *testing.T) {
 	tg := newTargets()
 	tg.set("inst-drain", srv.URL, "")
 	ev := addEvents(t, s, "inst-drain", 1)[0]
-	n := notify.New(s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 5 * time.Second})
+	n := newNotifier(t, s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 5 * time.Second})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -716,7 +735,7 @@ func TestRunDrains(t *testing.T) {
 // the notifier may run again.
 func TestRunOnceAtATime(t *testing.T) {
 	t.Parallel()
-	n := notify.New(eventlogtest.New(t), newTargets(), notify.Options{})
+	n := newNotifier(t, eventlogtest.New(t), newTargets(), notify.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	errs := make(chan error, 2)
 	for range 2 {
@@ -753,7 +772,7 @@ func TestRunLeavesNoGoroutines(t *testing.T) {
 	tg := newTargets()
 	tg.set("inst-leak", srv.URL, "k")
 	evs := addEvents(t, s, "inst-leak", 5)
-	n := notify.New(s, tg, notify.Options{Workers: 3})
+	n := newNotifier(t, s, tg, notify.Options{Workers: 3})
 	stop := start(t, n)
 	for _, ev := range evs {
 		waitState(t, s, ev, events.DeliveryDelivered)

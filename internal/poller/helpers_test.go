@@ -147,7 +147,7 @@ func (e *env) startPoller(o poller.Options) (*poller.Poller, func()) {
 	if o.ClientOptions.CallTimeout == 0 {
 		o.ClientOptions.CallTimeout = 5 * time.Second
 	}
-	p := poller.New(e.st, e.ing, e.log, e.box, o)
+	p := poller.New(e.st, e.ing, e.log, e.box, marketotest.HTTPClient(), o)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -281,6 +282,7 @@ func shortError(err error) string {
 // clientCache holds one Marketo client per instance, rebuilt when the
 // instance's credentials change, so tokens are reused across polls.
 type clientCache struct {
+	http *http.Client
 	opts marketo.Options
 
 	mu sync.Mutex
@@ -292,8 +294,8 @@ type cachedClient struct {
 	client *marketo.Client
 }
 
-func newClientCache(opts marketo.Options) *clientCache {
-	return &clientCache{opts: opts, m: map[string]cachedClient{}}
+func newClientCache(h *http.Client, opts marketo.Options) *clientCache {
+	return &clientCache{http: h, opts: opts, m: map[string]cachedClient{}}
 }
 
 func (c *clientCache) get(id string, creds marketo.Credentials) *marketo.Client {
@@ -302,7 +304,7 @@ func (c *clientCache) get(id string, creds marketo.Credentials) *marketo.Client 
 	if cc, ok := c.m[id]; ok && cc.creds == creds {
 		return cc.client
 	}
-	cl := marketo.New(creds, c.opts)
+	cl := marketo.New(creds, c.http, c.opts)
 	c.m[id] = cachedClient{creds: creds, client: cl}
 	return cl
 }

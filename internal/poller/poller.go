@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net/http"
 	"slices"
 	"sort"
 	"sync"
@@ -88,8 +89,8 @@ type Options struct {
 	// instances on one Marketo subscription share its call budget. nil
 	// gives the production limits (50 calls / 20 s, 5 at once per host).
 	Limits *marketo.Limits
-	// ClientOptions tune the Marketo clients (HTTP client, timeouts,
-	// backoff, Observe hook); their Limits field is replaced by Limits.
+	// ClientOptions tune the Marketo clients (timeouts, backoff, Observe
+	// hook); their Limits field is replaced by Limits.
 	ClientOptions marketo.Options
 	// RescanEvery re-reads the instances even when nobody called Refresh,
 	// so changes made by another replica are picked up (default 30 s).
@@ -134,8 +135,10 @@ type Poller struct {
 // SummaryEvery is how often at most the poller logs a summary of its polls.
 const SummaryEvery = time.Minute
 
-// New makes a Poller; it does nothing until Run.
-func New(s Store, ing Ingester, pos Positions, box *secrets.Box, o Options) *Poller {
+// New makes a Poller whose Marketo calls go through httpClient (the egress
+// Marketo client; with nil every poll fails with marketo.ErrNoHTTPClient).
+// It does nothing until Run.
+func New(s Store, ing Ingester, pos Positions, box *secrets.Box, httpClient *http.Client, o Options) *Poller {
 	if o.MinInterval <= 0 {
 		o.MinInterval = DefaultMinInterval
 	}
@@ -162,7 +165,7 @@ func New(s Store, ing Ingester, pos Positions, box *secrets.Box, o Options) *Pol
 		box:      box,
 		opts:     o,
 		log:      o.Logger,
-		clients:  newClientCache(o.ClientOptions),
+		clients:  newClientCache(httpClient, o.ClientOptions),
 		types:    newTypeCache(typesTTL),
 		refresh:  make(chan struct{}, 1),
 		wake:     make(chan struct{}, 1),

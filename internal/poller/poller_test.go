@@ -479,7 +479,7 @@ func TestRunTwiceAndStop(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.addInstance("inst")
-	p := poller.New(e.st, e.ing, e.log, e.box, poller.Options{MinInterval: testInterval})
+	p := poller.New(e.st, e.ing, e.log, e.box, marketotest.HTTPClient(), poller.Options{MinInterval: testInterval})
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()

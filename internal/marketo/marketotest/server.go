@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/leadstream/leadstream/internal/egress"
 )
 
 // DefaultTokenTTL is how long an access token lives, as on Marketo.
@@ -60,6 +62,14 @@ type apiClient struct {
 type issuedToken struct {
 	clientID  string
 	expiresAt time.Time
+}
+
+// HTTPClient is the gateway's outbound Marketo client (internal/egress)
+// with loopback listed as a Marketo host, as MARKETO_HOSTS=127.0.0.1 does
+// for the app's tests: callers of the fake go through the same address
+// policy and no-redirect rule as production, never a default client.
+func HTTPClient() *http.Client {
+	return egress.New(egress.Policy{MarketoHosts: []string{"127.0.0.1", "localhost"}}).Marketo()
 }
 
 // New starts a fake Marketo on a local port. Call Close to stop it.
