@@ -33,17 +33,24 @@ func (a *App) openReplicas(ctx context.Context) error {
 	if a.cfg.NATSURL != "" {
 		settle = marketo.DefaultWindow - lease.DefaultTTL/3/2
 	}
-	var err error
-	a.leases, err = lease.Open(ctx, js, lease.Options{
-		Replicas: replicas, Logger: a.log, Settle: settle,
-		// The poller asks for the hosts it wants when it rescans, and
-		// then polls only those held.
-		OnChange: func() { a.poller.Refresh() },
+	// A cluster that is still forming may not answer yet: wait it out as
+	// the log's own streams do.
+	err := a.evlog.Retry(ctx, "creating the lease bucket", func(ctx context.Context) (err error) {
+		a.leases, err = lease.Open(ctx, js, lease.Options{
+			Replicas: replicas, Logger: a.log, Settle: settle,
+			// The poller asks for the hosts it wants when it rescans, and
+			// then polls only those held.
+			OnChange: func() { a.poller.Refresh() },
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("app: %w", err)
 	}
-	a.control, err = control.Open(ctx, js, control.Options{Replicas: replicas, Replica: a.leases.Owner(), Logger: a.log})
+	err = a.evlog.Retry(ctx, "creating the control stream", func(ctx context.Context) (err error) {
+		a.control, err = control.Open(ctx, js, control.Options{Replicas: replicas, Replica: a.leases.Owner(), Logger: a.log})
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("app: %w", err)
 	}

@@ -154,22 +154,89 @@ func startEmbedded(dataDir string) (*server.Server, error) {
 
 // ensure creates or updates everything the log uses. Streams get three
 // replicas when the cluster can hold them, one otherwise: JetStream refuses
-// R3 on a single server or a two-node cluster, and that refusal is the test.
+// R3 on a single server or a two-node cluster with a definite API error,
+// and only that refusal makes the log fall back to one replica. Anything
+// else (a timeout or no responders while a cluster is still forming or
+// electing a leader) is waited out until ctx ends, so that replicas that
+// start together all end up on the same R3 streams.
 func (l *Log) ensure(ctx context.Context) error {
 	l.replicas = 1
 	if l.ns == nil {
 		l.replicas = 3
 	}
 	for {
-		err := l.ensureWith(ctx, l.replicas)
+		err := l.Retry(ctx, "creating the streams", func(ctx context.Context) error { return l.ensureWith(ctx, l.replicas) })
 		if err == nil {
 			return nil
 		}
-		if l.replicas == 1 {
+		if l.replicas == 1 || !refusesReplicas(err) {
 			return err
 		}
-		l.log.Info("eventlog: three replicas refused; using one", "err", err)
+		l.log.Info("eventlog: the cluster refuses three replicas; using one", "err", err)
 		l.replicas = 1
+	}
+}
+
+// refusesReplicas reports JetStream's definite answers that a stream
+// cannot have the replicas asked for.
+func refusesReplicas(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case errCodeNoPeers, errCodeInsufficientResources, errCodeReplicasNotSupported:
+		return true
+	}
+	return false
+}
+
+// JetStream API error codes (nats-server's jetstream_errors_generated.go)
+// that nats.go has no names for.
+const (
+	errCodeNoPeers               jetstream.ErrorCode = 10005 // no suitable peers for placement
+	errCodeClusterNotAvailable   jetstream.ErrorCode = 10008 // JetStream system temporarily unavailable
+	errCodeClusterNotLeader      jetstream.ErrorCode = 10009 // cluster can not handle request
+	errCodeInsufficientResources jetstream.ErrorCode = 10023
+	errCodeReplicasNotSupported  jetstream.ErrorCode = 10074 // replicas > 1 in non-clustered mode
+)
+
+// retryable reports failures of a JetStream API call that say nothing
+// about the request: no answer (timeout, no responders, the connection
+// away), or a cluster without a leader for the moment. A concurrent
+// creator's "name in use" is one too: the next round updates instead.
+func retryable(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+			errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+			errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrDisconnected)
+	}
+	switch apiErr.ErrorCode {
+	case errCodeClusterNotAvailable, errCodeClusterNotLeader, jetstream.JSErrCodeStreamNameInUse:
+		return true
+	}
+	return false
+}
+
+// Retry runs create until it succeeds, fails with a definite answer from
+// JetStream, or ctx ends; failures that say nothing about the request
+// (see retryable) are retried with a bounded exponential backoff. Leases
+// and the control stream are created through it too.
+func (l *Log) Retry(ctx context.Context, what string, create func(ctx context.Context) error) error {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := create(ctx)
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		l.log.Info("eventlog: JetStream not ready; retrying", "what", what, "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("eventlog: %s: %w (last: %w)", what, ctx.Err(), err)
+		case <-t.C:
+		}
 	}
 }
 
