@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/leadstream/leadstream/internal/events"
 )
@@ -20,6 +21,13 @@ import (
 // replica at a time; the state of each event's delivery is a key in
 // BucketDelivery, written by the worker holding the job; attempts go to
 // StreamAttempts, the latest attemptsPerInstance per instance.
+//
+// A redelivery is two writes: its job (an rd. message naming the new
+// generation) and the state marked pending with that generation. The job
+// goes first, so that no crash can leave a pending state without a job:
+// a crash after the job and before the state leaves a job whose generation
+// the state has not seen, and whoever takes that job records the pending
+// state itself (adopt) before delivering it.
 
 // stateRecord is a delivery's state as kept in the bucket, with what finds
 // the event again.
@@ -28,6 +36,10 @@ type stateRecord struct {
 	Seq        int64  `json:"seq"`
 	OrgID      string `json:"orgId"`
 	InstanceID string `json:"instanceId"`
+	// Request names the redelivery that made this generation, so that its
+	// requester tells its own write (or a worker's adoption of its job)
+	// from a concurrent request's.
+	Request string `json:"req,omitempty"`
 }
 
 // redelivery is the body of an rd. message.
@@ -35,6 +47,7 @@ type redelivery struct {
 	EventID string `json:"eventId"`
 	Seq     int64  `json:"seq"`
 	Gen     int    `json:"gen"`
+	Request string `json:"req,omitempty"`
 }
 
 type job struct {
@@ -73,8 +86,7 @@ func (l *Log) initStates(ctx context.Context, evs []*events.Event) {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			var apiErr *jetstream.APIError
-			if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+			if !wrongLastSeq(err) {
 				l.log.Warn("eventlog: recording a pending delivery", "err", err)
 			}
 		case <-ctx.Done():
@@ -97,19 +109,29 @@ func (l *Log) FetchDeliveries(ctx context.Context, n int, wait time.Duration) ([
 	var out []events.DeliveryJob
 	for m := range batch.Messages() {
 		j, err := l.jobOf(ctx, m)
-		if err != nil {
+		var retry *retryLater
+		switch {
+		case errors.As(err, &retry):
+			l.log.Warn("eventlog: a delivery job waits for the log", "err", err)
+			_ = m.NakWithDelay(time.Second)
+		case err != nil:
 			l.log.Warn("eventlog: dropping an unreadable delivery", "err", err)
 			_ = m.Term()
-			continue
-		}
-		if j == nil {
+		case j == nil:
 			_ = m.Ack() // the event is gone from the log
-			continue
+		default:
+			out = append(out, j)
 		}
-		out = append(out, j)
 	}
 	return out, nil
 }
+
+// retryLater is a failure to prepare a job that says nothing about the
+// job: it comes back later.
+type retryLater struct{ err error }
+
+func (e *retryLater) Error() string { return e.err.Error() }
+func (e *retryLater) Unwrap() error { return e.err }
 
 func (l *Log) jobOf(ctx context.Context, m jetstream.Msg) (*job, error) {
 	md, err := m.Metadata()
@@ -122,8 +144,18 @@ func (l *Log) jobOf(ctx context.Context, m jetstream.Msg) (*job, error) {
 			return nil, err
 		}
 		ev, err := l.Event(ctx, uint64(r.Seq))
-		if err != nil || ev == nil {
-			return nil, err
+		if err != nil {
+			return nil, &retryLater{err}
+		}
+		if ev == nil {
+			return nil, nil
+		}
+		ok, err := l.adopt(ctx, r)
+		if err != nil {
+			return nil, &retryLater{err}
+		}
+		if !ok {
+			return nil, nil
 		}
 		return &job{ev: ev, gen: r.Gen, msg: m}, nil
 	}
@@ -132,6 +164,44 @@ func (l *Log) jobOf(ctx context.Context, m jetstream.Msg) (*job, error) {
 		return nil, err
 	}
 	return &job{ev: ev, msg: m}, nil
+}
+
+// adopt makes sure the state has seen the redelivery's generation: when
+// its requester stopped between publishing the job and recording the
+// pending state (or has not recorded it yet), the state is recorded here.
+// ok is false when the event has no state any more (its instance was
+// deleted): the job is dropped.
+func (l *Log) adopt(ctx context.Context, r redelivery) (ok bool, err error) {
+	for {
+		st, rev, err := l.state(ctx, r.EventID)
+		if err != nil || st == nil {
+			return false, err
+		}
+		if st.Gen >= r.Gen {
+			return true, nil // recorded, or superseded (the worker decides)
+		}
+		next := *st
+		next.Delivery = events.Delivery{State: events.DeliveryPending, Gen: r.Gen}
+		next.Request = r.Request
+		_, err = l.states.Update(ctx, r.EventID, mustJSON(next), rev)
+		if err == nil {
+			return true, nil
+		}
+		if !wrongLastSeq(err) {
+			return false, fmt.Errorf("eventlog: redelivery: %w", err)
+		}
+		// The requester (or another worker) wrote meanwhile: read again.
+	}
+}
+
+// wrongLastSeq reports a lost compare-and-set (R1 and replicated codes).
+func wrongLastSeq(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // DeliveryState returns an event's delivery state; ok is false when no
@@ -245,7 +315,9 @@ func (l *Log) DeliveredEvent(ctx context.Context, orgID, eventID string) (*event
 // Redeliver queues an event for delivery again with a fresh set of
 // attempts. The state's revision is the claim: of two concurrent calls one
 // wins, the other is events.ErrDeliveryPending, as is an event whose
-// delivery is pending anyway.
+// delivery is pending anyway. The job is published before the state is
+// marked pending (see adopt): a crash in between leaves a job that is
+// delivered all the same, never a pending state that nothing delivers.
 func (l *Log) Redeliver(ctx context.Context, ev *events.Event, now time.Time) error {
 	r, rev, err := l.state(ctx, ev.ID)
 	if err != nil {
@@ -257,23 +329,36 @@ func (l *Log) Redeliver(ctx context.Context, ev *events.Event, now time.Time) er
 	if r.State == events.DeliveryPending {
 		return events.ErrDeliveryPending
 	}
-	next := stateRecord{Delivery: events.Delivery{State: events.DeliveryPending, NextAttemptAt: &now, Gen: r.Gen + 1},
-		Seq: r.Seq, OrgID: r.OrgID, InstanceID: r.InstanceID}
-	if _, err := l.states.Update(ctx, ev.ID, mustJSON(next), rev); err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-			return events.ErrDeliveryPending
-		}
-		return fmt.Errorf("eventlog: redeliver: %w", err)
+	req := redelivery{EventID: ev.ID, Seq: r.Seq, Gen: r.Gen + 1, Request: nuid.Next()}
+	if err := l.publishRedelivery(ctx, r, req); err != nil {
+		return err
 	}
-	m := nats.NewMsg(redeliverSubject(r.OrgID, r.InstanceID))
-	m.Data = mustJSON(redelivery{EventID: ev.ID, Seq: r.Seq, Gen: next.Gen})
-	if _, err := l.js.PublishMsg(ctx, m, jetstream.WithExpectStream(StreamEvents)); err != nil {
-		// Put the final state back, so the user can ask again. (A crash
-		// right here leaves the state pending with no job: a known limit.)
-		if _, rerr := l.states.Put(context.WithoutCancel(ctx), ev.ID, mustJSON(r)); rerr != nil {
-			l.log.Error("eventlog: redeliver: restoring the state failed", "event", ev.ID, "err", rerr)
+	next := *r
+	next.Delivery = events.Delivery{State: events.DeliveryPending, NextAttemptAt: &now, Gen: req.Gen}
+	next.Request = req.Request
+	if _, err := l.states.Update(ctx, ev.ID, mustJSON(next), rev); err != nil {
+		if !wrongLastSeq(err) {
+			// The job is out, and its worker records the state itself.
+			l.log.Warn("eventlog: redeliver: recording the pending state failed; the job records it", "event", ev.ID, "err", err)
+			return nil
 		}
+		if cur, _, rerr := l.state(ctx, ev.ID); rerr == nil && cur != nil && cur.Gen == req.Gen && cur.Request == req.Request {
+			return nil // a worker took the job first and recorded it
+		}
+		return events.ErrDeliveryPending
+	}
+	return nil
+}
+
+// publishRedelivery is Redeliver's first step: the job. Concurrent
+// requests for the same generation share a message id, so the log keeps
+// one job for them while they are close in time (and a second job of a
+// generation is harmless: a worker finds it done).
+func (l *Log) publishRedelivery(ctx context.Context, r *stateRecord, req redelivery) error {
+	m := nats.NewMsg(redeliverSubject(r.OrgID, r.InstanceID))
+	m.Data = mustJSON(req)
+	m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("rd-%s-%d", req.EventID, req.Gen))
+	if _, err := l.js.PublishMsg(ctx, m, jetstream.WithExpectStream(StreamEvents)); err != nil {
 		return fmt.Errorf("eventlog: redeliver: %w", err)
 	}
 	return nil
