@@ -138,3 +138,82 @@ func TestFailedAuthThrottled(t *testing.T) {
 		t.Fatalf("websocket from the throttled address: %v", err)
 	}
 }
+
+// Wrong credentials in websocket connection_init count as failed
+// authentications of the address too: past the threshold a socket opened
+// earlier is closed 4429 at its connection_init (both protocols), a new
+// upgrade is refused 429 with Retry-After, and the right credentials from
+// another address still get a connection.
+func TestFailedWebsocketInitThrottled(t *testing.T) {
+	g := apptest.Start(t, "", map[string]string{"AUTH_FAILURES_PER_ADDRESS": "3"})
+	wsURL := strings.Replace(g.URL, "http", "ws", 1) + "/graphql"
+	dialFrom := func(ip, proto string) (*websocket.Conn, *http.Response, error) {
+		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: []string{proto}, NetDialContext: nd.DialContext}
+		ws, resp, err := d.Dial(wsURL, nil)
+		if ws != nil {
+			t.Cleanup(func() { ws.Close() })
+		}
+		return ws, resp, err
+	}
+	mustDial := func(ip, proto string) *websocket.Conn {
+		ws, _, err := dialFrom(ip, proto)
+		if err != nil {
+			t.Fatalf("dial from %s: %v", ip, err)
+		}
+		return ws
+	}
+	initWith := func(ws *websocket.Conn, authz string) {
+		if err := ws.WriteJSON(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": authz}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// closedWith reads until the close and returns its code, reason and the
+	// message types before it.
+	closedWith := func(ws *websocket.Conn) (int, string, []string) {
+		_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var types []string
+		for {
+			var m struct{ Type string }
+			if err := ws.ReadJSON(&m); err != nil {
+				var ce *websocket.CloseError
+				if !errors.As(err, &ce) {
+					t.Fatalf("read: %v", err)
+				}
+				return ce.Code, ce.Text, types
+			}
+			types = append(types, m.Type)
+		}
+	}
+	early := mustDial("127.0.0.1", "graphql-transport-ws")
+	earlyLegacy := mustDial("127.0.0.1", "graphql-ws")
+	wrong := "User " + apptest.UserSecret + ", Organization org_wrong_wrong_wrong"
+	for i := range 3 {
+		ws := mustDial("127.0.0.1", "graphql-transport-ws")
+		initWith(ws, wrong)
+		if code, why, _ := closedWith(ws); code != 4401 {
+			t.Fatalf("wrong credentials %d: closed %d %q, want 4401", i+1, code, why)
+		}
+	}
+	for _, ws := range []*websocket.Conn{early, earlyLegacy} {
+		initWith(ws, apptest.AuthA)
+		code, why, before := closedWith(ws)
+		if code != 4429 || !strings.Contains(why, "RATE_LIMITED") {
+			t.Fatalf("connection_init after 3 failures: closed %d %q, want 4429 RATE_LIMITED", code, why)
+		}
+		if ws == earlyLegacy && (len(before) != 1 || before[0] != "connection_error") {
+			t.Fatalf("legacy: %v before the close, want connection_error", before)
+		}
+	}
+	if _, resp, err := dialFrom("127.0.0.1", "graphql-transport-ws"); !errors.Is(err, websocket.ErrBadHandshake) ||
+		resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("upgrade from the throttled address: %v", err)
+	}
+	other := mustDial("127.0.0.2", "graphql-transport-ws")
+	initWith(other, apptest.AuthA)
+	_ = other.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var ack struct{ Type string }
+	if err := other.ReadJSON(&ack); err != nil || ack.Type != "connection_ack" {
+		t.Fatalf("the right credentials from another address: %+v %v", ack, err)
+	}
+}

@@ -20,8 +20,9 @@
 // or wrong credentials, 4403 credentials that are not allowed here, 4408 no
 // connection_init within the init timeout, 4409 (graphql-transport-ws) an
 // operation id already in use, 4429 a second connection_init
-// (graphql-transport-ws) or the organization's cap on connections reached
-// (LIMIT_EXCEEDED in the reason), 4499 the gateway shutting down, 4500 an
+// (graphql-transport-ws), the organization's cap on connections reached
+// (LIMIT_EXCEEDED in the reason) or a connection_init from an address
+// throttled for failed authentications (RATE_LIMITED in the reason), 4499 the gateway shutting down, 4500 an
 // internal failure. graphql-ws retries none of 4400, 4401, 4409 and 4429.
 package subscribe
 
@@ -48,6 +49,7 @@ import (
 	"github.com/leadstream/leadstream/internal/apperr"
 	"github.com/leadstream/leadstream/internal/auth"
 	"github.com/leadstream/leadstream/internal/events"
+	"github.com/leadstream/leadstream/internal/throttle"
 )
 
 // Executor parses, validates and runs operations (gqlgen's executor, shared
@@ -67,6 +69,14 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, header string) (auth.Identity, error)
 }
 
+// Throttle counts failed authentications per client address
+// (throttle.Failures): an address past its threshold is refused before its
+// credentials are looked at.
+type Throttle interface {
+	Blocked(client string) (time.Duration, bool)
+	Fail(client string)
+}
+
 // Broker hands live events to sinks.
 type Broker interface {
 	Attach(f events.Filter, sink events.Sink) *events.Subscription
@@ -82,10 +92,15 @@ type Options struct {
 	Exec    Executor
 	Streams Streams
 	Auth    Authenticator
-	Broker  Broker
-	Replay  Replayer
-	Present graphql.ErrorPresenterFunc
-	Log     *slog.Logger
+	// Throttle, when set, counts each connection_init whose credentials
+	// are missing or wrong against the client's address
+	// (throttle.ClientKey), and closes connection_inits from a blocked
+	// address with 4429 and RATE_LIMITED.
+	Throttle Throttle
+	Broker   Broker
+	Replay   Replayer
+	Present  graphql.ErrorPresenterFunc
+	Log      *slog.Logger
 
 	InitTimeout time.Duration // connection_init must arrive within (10 s)
 	KeepAlive   time.Duration // ping (ka) interval; a silent graphql-transport-ws peer is dropped after 8 (15 s)
@@ -209,7 +224,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// No subprotocol offered: graphql-ws's is the default of most clients.
 		proto = protoTransportWS
 	}
-	c := &conn{s: s, ws: ws, legacy: proto == protoLegacy, header: r.Header.Get("Authorization"), ops: map[string]*op{}}
+	c := &conn{s: s, ws: ws, legacy: proto == protoLegacy, header: r.Header.Get("Authorization"),
+		client: throttle.ClientKey(r.RemoteAddr), ops: map[string]*op{}}
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
 	s.mu.Lock()
 	if s.closed {
@@ -353,6 +369,7 @@ type conn struct {
 	ws     *websocket.Conn
 	legacy bool
 	header string          // the upgrade request's Authorization
+	client string          // the client's address as the throttle counts it
 	ctx    context.Context // ends with the connection
 	cancel context.CancelFunc
 	who    context.Context // ctx with the caller's identity, once acknowledged (reader only)
@@ -769,8 +786,25 @@ func (c *conn) init(payload json.RawMessage) {
 	if h == "" {
 		h = c.header
 	}
+	if t := c.s.o.Throttle; t != nil {
+		// Also checked before the upgrade (HTTP 429); this catches sockets
+		// opened before the address was blocked.
+		if wait, blocked := t.Blocked(c.client); blocked {
+			why := fmt.Sprintf("RATE_LIMITED: too many failed authentications from this address; retry after %d s",
+				int((wait+time.Second-1)/time.Second))
+			var final []byte
+			if c.legacy {
+				final = legacyError(why, apperr.RateLimited)
+			}
+			c.closeWith(closeTooMany, why, final)
+			return
+		}
+	}
 	var id auth.Identity
 	err := c.off(func() (err error) { id, err = c.s.o.Auth.Authenticate(c.ctx, h); return err })
+	if err != nil && errors.Is(err, auth.ErrUnauthenticated) && c.s.o.Throttle != nil {
+		c.s.o.Throttle.Fail(c.client)
+	}
 	if err != nil {
 		code, why, ext := closeUnauthorized, "Unauthorized", apperr.Unauthenticated
 		if e, ok := apperr.As(err); ok && e.Code == apperr.RateLimited {
