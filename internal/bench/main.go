@@ -75,6 +75,9 @@
 //     2x the time at 1,000 and under 50 ms. Then a subscription over SSE
 //     replays 10,000 events from a cursor: its time is printed.
 //
+// -only ingest,fanout,idle,history runs only those phases (the gateway,
+// the client process and the captured message are set up for any).
+//
 // -cpuprofile FILE profiles this process (gateway, store, posters: the
 // gateway side) during the gateway's phases only: FILE.ingest for webhook
 // ingest, FILE.fanout for the fan-out maximum and latency phases;
@@ -125,10 +128,20 @@ type Options struct {
 	// alternating; the p99 target must hold in every run.
 	LatencyRuns int
 
+	// Only, when not empty, names the phases to run (ingest, fanout, idle,
+	// history); the figures of the others are left out.
+	Only []string
+
 	CPUProfile string
 	MemProfile string
 	Log        io.Writer // progress lines
 }
+
+// Phases are the names -only takes.
+var Phases = []string{"ingest", "fanout", "idle", "history"}
+
+// runs reports whether phase is to run.
+func (o Options) runs(phase string) bool { return len(o.Only) == 0 || slices.Contains(o.Only, phase) }
 
 // DefaultOptions is the full run (about 90 s on 2 cores), or the quick
 // smoke test (about 25 s).
@@ -160,6 +173,7 @@ func main() {
 	posters := flag.String("posters", "", "concurrent webhook posters for the ingest phase (default 1,16,64; -quick 1,16)")
 	cpuprofile := flag.String("cpuprofile", "", "profile the gateway side (this process) under load: writes `FILE`.ingest (webhook ingest phases) and FILE.fanout (fan-out maximum and latency phases)")
 	memprofile := flag.String("memprofile", "", "write a heap profile while the largest idle set is open")
+	only := flag.String("only", "", "run only these phases, comma-separated: "+strings.Join(Phases, ", ")+" (default all)")
 	flag.Parse()
 	o := DefaultOptions(*quick)
 	o.JSONPath, o.CPUProfile, o.MemProfile = *jsonPath, *cpuprofile, *memprofile
@@ -170,6 +184,14 @@ func main() {
 	if *idle != "" {
 		if o.Idle, err = intList(*idle); err != nil {
 			fatal(fmt.Errorf("-idle: %w", err))
+		}
+	}
+	if *only != "" {
+		for p := range strings.SplitSeq(*only, ",") {
+			if p = strings.TrimSpace(p); !slices.Contains(Phases, p) {
+				fatal(fmt.Errorf("-only: %q is not one of %s", p, strings.Join(Phases, ", ")))
+			}
+			o.Only = append(o.Only, p)
 		}
 	}
 	if *posters != "" {
@@ -394,6 +416,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// baseline again.
 	rawPost := func(ctx context.Context, body []byte) (bool, error) { return g.postTo(ctx, raw.URL, body) }
 	for _, c := range o.Posters {
+		if !o.runs("ingest") {
+			break
+		}
 		logf("raw HTTP ingest baseline, %d posters (%v)", c, o.IngestDur/2)
 		r1 := runIngest(ctx, rawPost, c, o.IngestWarm, o.IngestDur/2)
 		startProfile(".ingest")
@@ -429,16 +454,18 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	rawProd := rawProducer(hub, template, offN, offT)
 	gwCount := g.liveSubscriptions
 	gwProd := gatewayProducer(g)
-	logf("fan-out: opening %d raw clients and %d gateway subscriptions", o.Subs, o.Subs)
-	rawGrp, err := openSubs(ctx, cp, rawWS, nil, o.Subs, hubCount, o.Subs)
-	if err != nil {
-		fail("raw broadcast", err)
+	var rawGrp, gwGrp int
+	var err2 error
+	if o.runs("fanout") {
+		logf("fan-out: opening %d raw clients and %d gateway subscriptions", o.Subs, o.Subs)
+		if rawGrp, err = openSubs(ctx, cp, rawWS, nil, o.Subs, hubCount, o.Subs); err != nil {
+			fail("raw broadcast", err)
+		}
+		if gwGrp, err2 = openSubs(ctx, cp, gwWS, vars, o.Subs, gwCount, o.Subs); err2 != nil {
+			fail("gateway fan-out", err2)
+		}
 	}
-	gwGrp, err2 := openSubs(ctx, cp, gwWS, vars, o.Subs, gwCount, o.Subs)
-	if err2 != nil {
-		fail("gateway fan-out", err2)
-	}
-	if err == nil && err2 == nil {
+	if rawGrp != 0 && gwGrp != 0 {
 		logf("raw broadcast: maximum (%v)", o.FanoutDur)
 		m, err := measureMax(ctx, cp, rawGrp, o.Subs, rawProd, 1, o.Window, o.FanoutWarm, o.FanoutDur)
 		res.Details.Raw.Max = m
@@ -506,6 +533,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// measured at the largest size that fits instead.
 	var sizes []int
 	for _, n := range o.Idle {
+		if !o.runs("idle") {
+			break
+		}
 		sizes = append(sizes, n)
 		if need := uint64(n) + 1024; res.Machine.FileLimit < need && res.Machine.FileLimit > 2048 {
 			fit := int(res.Machine.FileLimit-1024) / 1000 * 1000
@@ -553,16 +583,18 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// History and replay last, on a gateway of its own: the small
 	// measurement needs a log of about 1,000 events, and seeding a million
 	// keeps the machine busy for a while after.
-	logf("history: events(first: 50) and replay, up to %d events, on a second gateway", o.HistoryEvents)
-	if hg, err := startGateway(ctx, filepath.Join(tmp, "history")); err != nil {
-		fail("history", err)
-	} else {
-		h, err := measureHistory(ctx, hg, o.HistoryEvents, logf)
-		res.Details.History = h
-		if err != nil {
+	if o.runs("history") {
+		logf("history: events(first: 50) and replay, up to %d events, on a second gateway", o.HistoryEvents)
+		if hg, err := startGateway(ctx, filepath.Join(tmp, "history")); err != nil {
 			fail("history", err)
+		} else {
+			h, err := measureHistory(ctx, hg, o.HistoryEvents, logf)
+			res.Details.History = h
+			if err != nil {
+				fail("history", err)
+			}
+			hg.Stop()
 		}
-		hg.Stop()
 	}
 	res.buildFigures(o)
 	logf("done")
@@ -604,20 +636,91 @@ func captureMessage(ctx context.Context, cp *clientProc, g *gateway, url string,
 	}
 }
 
+func ratioOf(v, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return v / b
+}
+
+func judge(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "MISS"
+}
+
+// buildFigures turns the details into the table's lines, for the phases run.
 func (r *Result) buildFigures(o Options) {
 	add := func(f Figure) { r.Figures = append(r.Figures, f) }
-	ratioOf := func(v, b float64) float64 {
-		if b == 0 {
-			return 0
-		}
-		return v / b
+	d := r.Details
+	if o.runs("ingest") {
+		r.ingestFigures()
 	}
-	judge := func(ok bool) string {
-		if ok {
-			return "PASS"
+	if h := d.History; h.LargeStored > 0 && h.FirstLargeMs > 0 {
+		for _, f := range []struct {
+			key, name    string
+			large, small float64
+		}{
+			{"history_first", "events(first: 50)", h.FirstLargeMs, h.FirstSmallMs},
+			{"history_after", "events(after: near the end, first: 50)", h.AfterLargeMs, h.AfterSmallMs},
+		} {
+			rt := ratioOf(f.large, f.small)
+			add(Figure{Key: f.key, Name: fmt.Sprintf("%s, %s events stored", f.name, commas(int64(h.LargeStored))), Unit: "ms",
+				Value: f.large, BaselineName: "same, 1,000 stored", Baseline: f.small, Ratio: rt,
+				Target: "≤ 2x, < 50 ms", Result: judge(rt <= 2 && f.large < 50)})
 		}
-		return "MISS"
+		add(Figure{Key: "replay", Name: fmt.Sprintf("replay of %s events from a cursor, %s stored", commas(int64(h.ReplayEvents)), commas(int64(h.LargeStored))),
+			Unit: "ms", Value: h.ReplayMs, Result: "info"})
+		r.Notes = append(r.Notes, fmt.Sprintf("history seeded at %.0f events/s (atomic pages of 1,000, directly into the log)", h.SeedPerSec))
 	}
+
+	if o.runs("fanout") {
+		r.fanoutFigures(o)
+	}
+
+	// Idle memory: at most 24 KiB per subscription at every size measured,
+	// not growing from the smallest to the largest, at most one goroutine.
+	var measured []MemResult
+	for _, p := range d.Idle {
+		n := p.Gateway.Subs
+		f := Figure{Key: fmt.Sprintf("idle_rss_%d", n), Name: fmt.Sprintf("RSS per idle subscription, %d", n), Unit: "KiB",
+			Value: p.Gateway.RSSPerSubKiB, BaselineName: "raw gorilla conn", Baseline: p.Raw.RSSPerSubKiB,
+			Ratio: ratioOf(p.Gateway.RSSPerSubKiB, p.Raw.RSSPerSubKiB), Target: "≤ 24 KiB",
+			Result: judge(p.Gateway.RSSPerSubKiB > 0 && p.Gateway.RSSPerSubKiB <= 24)}
+		if p.Gateway.Skipped != "" {
+			f.Result, f.Note = "SKIP", p.Gateway.Skipped
+		} else {
+			measured = append(measured, p.Gateway)
+		}
+		add(f)
+		if p.Gateway.Skipped == "" {
+			add(Figure{Key: fmt.Sprintf("idle_goroutines_%d", n), Name: fmt.Sprintf("goroutines per idle subscription, %d", n), Unit: "",
+				Value: p.Gateway.GoroutinesPer, BaselineName: "raw gorilla conn", Baseline: p.Raw.GoroutinesPer,
+				Ratio: ratioOf(p.Gateway.GoroutinesPer, p.Raw.GoroutinesPer), Target: "≤ 1", Result: judge(p.Gateway.GoroutinesPer <= 1.0)})
+		}
+	}
+	if len(measured) >= 2 {
+		lo, hi := measured[0], measured[len(measured)-1]
+		rt := ratioOf(hi.RSSPerSubKiB, lo.RSSPerSubKiB)
+		add(Figure{Key: "idle_rss_growth", Name: fmt.Sprintf("RSS per idle subscription, %d vs %d", hi.Subs, lo.Subs), Unit: "KiB",
+			Value: hi.RSSPerSubKiB, BaselineName: fmt.Sprintf("at %d", lo.Subs), Baseline: lo.RSSPerSubKiB, Ratio: rt,
+			Target: "≤ 1.1x (not growing)", Result: judge(rt <= 1.1)})
+	}
+	for _, p := range d.Idle {
+		if p.Gateway.Skipped == "" {
+			r.Notes = append(r.Notes, fmt.Sprintf("idle %d: gateway heap %.1f KiB + stacks %.1f KiB per subscription; client process %.1f KiB per connection",
+				p.Gateway.Subs, p.Gateway.HeapPerSubKiB, p.Gateway.StackPerSubKiB, p.Gateway.ClientRSSPerKiB))
+		}
+	}
+	if d.MessageBytes > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("message broadcast by the raw baseline: the gateway's own, %d bytes", d.MessageBytes))
+	}
+}
+
+// ingestFigures judges webhook ingest against the raw HTTP baseline.
+func (r *Result) ingestFigures() {
+	add := func(f Figure) { r.Figures = append(r.Figures, f) }
 	d := r.Details
 	rawAt := func(c int) float64 {
 		for _, r := range d.RawIngest {
@@ -640,29 +743,16 @@ func (r *Result) buildFigures(o Options) {
 	rt := ratioOf(best.PerSec, b)
 	add(Figure{Key: "ingest_best", Name: fmt.Sprintf("webhook ingest, best (%d posters)", best.Posters), Unit: "202/s",
 		Value: best.PerSec, BaselineName: "raw HTTP 202/s", Baseline: b, Ratio: rt, Target: "≥ 0.5x", Result: judge(rt >= 0.5)})
+}
 
-	if h := d.History; h.LargeStored > 0 && h.FirstLargeMs > 0 {
-		for _, f := range []struct {
-			key, name    string
-			large, small float64
-		}{
-			{"history_first", "events(first: 50)", h.FirstLargeMs, h.FirstSmallMs},
-			{"history_after", "events(after: near the end, first: 50)", h.AfterLargeMs, h.AfterSmallMs},
-		} {
-			rt := ratioOf(f.large, f.small)
-			add(Figure{Key: f.key, Name: fmt.Sprintf("%s, %s events stored", f.name, commas(int64(h.LargeStored))), Unit: "ms",
-				Value: f.large, BaselineName: "same, 1,000 stored", Baseline: f.small, Ratio: rt,
-				Target: "≤ 2x, < 50 ms", Result: judge(rt <= 2 && f.large < 50)})
-		}
-		add(Figure{Key: "replay", Name: fmt.Sprintf("replay of %s events from a cursor, %s stored", commas(int64(h.ReplayEvents)), commas(int64(h.LargeStored))),
-			Unit: "ms", Value: h.ReplayMs, Result: "info"})
-		r.Notes = append(r.Notes, fmt.Sprintf("history seeded at %.0f events/s (atomic pages of 1,000, directly into the log)", h.SeedPerSec))
-	}
-
+// fanoutFigures judges fan-out and latency against the raw broadcast.
+func (r *Result) fanoutFigures(o Options) {
+	add := func(f Figure) { r.Figures = append(r.Figures, f) }
+	d := r.Details
 	gm, rm := d.Gateway.Max, d.Raw.Max
 	add(Figure{Key: "fanout_events_in", Name: fmt.Sprintf("fan-out events/s in, %d subs", o.Subs), Unit: "events/s",
 		Value: gm.EventsPerSec, BaselineName: "raw broadcasts/s", Baseline: rm.EventsPerSec, Ratio: ratioOf(gm.EventsPerSec, rm.EventsPerSec), Result: "info"})
-	rt = ratioOf(gm.MsgsPerSec, rm.MsgsPerSec)
+	rt := ratioOf(gm.MsgsPerSec, rm.MsgsPerSec)
 	add(Figure{Key: "fanout_msgs_delivered", Name: fmt.Sprintf("fan-out messages/s delivered, %d subs", o.Subs), Unit: "msgs/s",
 		Value: gm.MsgsPerSec, BaselineName: "raw broadcast msgs/s", Baseline: rm.MsgsPerSec, Ratio: rt, Target: "≥ 0.8x", Result: judge(rt >= 0.8)})
 
@@ -710,43 +800,6 @@ func (r *Result) buildFigures(o Options) {
 		r.Notes = append(r.Notes, n)
 	}
 
-	// Idle memory: at most 24 KiB per subscription at every size measured,
-	// not growing from the smallest to the largest, at most one goroutine.
-	var measured []MemResult
-	for _, p := range d.Idle {
-		n := p.Gateway.Subs
-		f := Figure{Key: fmt.Sprintf("idle_rss_%d", n), Name: fmt.Sprintf("RSS per idle subscription, %d", n), Unit: "KiB",
-			Value: p.Gateway.RSSPerSubKiB, BaselineName: "raw gorilla conn", Baseline: p.Raw.RSSPerSubKiB,
-			Ratio: ratioOf(p.Gateway.RSSPerSubKiB, p.Raw.RSSPerSubKiB), Target: "≤ 24 KiB",
-			Result: judge(p.Gateway.RSSPerSubKiB > 0 && p.Gateway.RSSPerSubKiB <= 24)}
-		if p.Gateway.Skipped != "" {
-			f.Result, f.Note = "SKIP", p.Gateway.Skipped
-		} else {
-			measured = append(measured, p.Gateway)
-		}
-		add(f)
-		if p.Gateway.Skipped == "" {
-			add(Figure{Key: fmt.Sprintf("idle_goroutines_%d", n), Name: fmt.Sprintf("goroutines per idle subscription, %d", n), Unit: "",
-				Value: p.Gateway.GoroutinesPer, BaselineName: "raw gorilla conn", Baseline: p.Raw.GoroutinesPer,
-				Ratio: ratioOf(p.Gateway.GoroutinesPer, p.Raw.GoroutinesPer), Target: "≤ 1", Result: judge(p.Gateway.GoroutinesPer <= 1.0)})
-		}
-	}
-	if len(measured) >= 2 {
-		lo, hi := measured[0], measured[len(measured)-1]
-		rt := ratioOf(hi.RSSPerSubKiB, lo.RSSPerSubKiB)
-		add(Figure{Key: "idle_rss_growth", Name: fmt.Sprintf("RSS per idle subscription, %d vs %d", hi.Subs, lo.Subs), Unit: "KiB",
-			Value: hi.RSSPerSubKiB, BaselineName: fmt.Sprintf("at %d", lo.Subs), Baseline: lo.RSSPerSubKiB, Ratio: rt,
-			Target: "≤ 1.1x (not growing)", Result: judge(rt <= 1.1)})
-	}
-	for _, p := range d.Idle {
-		if p.Gateway.Skipped == "" {
-			r.Notes = append(r.Notes, fmt.Sprintf("idle %d: gateway heap %.1f KiB + stacks %.1f KiB per subscription; client process %.1f KiB per connection",
-				p.Gateway.Subs, p.Gateway.HeapPerSubKiB, p.Gateway.StackPerSubKiB, p.Gateway.ClientRSSPerKiB))
-		}
-	}
-	if d.MessageBytes > 0 {
-		r.Notes = append(r.Notes, fmt.Sprintf("message broadcast by the raw baseline: the gateway's own, %d bytes", d.MessageBytes))
-	}
 }
 
 // PrintTable writes the human-readable table.
