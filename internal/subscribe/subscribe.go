@@ -215,7 +215,8 @@ func (s *Server) Count() int {
 // ServeHTTP upgrades the request and returns: the connection's reader
 // goroutine serves it from then on, so net/http frees the request's buffers.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ws, err := s.upgrader.Upgrade(w, r, nil)
+	h := &hijacker{ResponseWriter: w}
+	ws, err := s.upgrader.Upgrade(h, r, nil)
 	if err != nil {
 		return // the upgrader answered
 	}
@@ -224,7 +225,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// No subprotocol offered: graphql-ws's is the default of most clients.
 		proto = protoTransportWS
 	}
-	c := &conn{s: s, ws: ws, legacy: proto == protoLegacy, header: r.Header.Get("Authorization"),
+	c := &conn{s: s, ws: ws, bc: h.bc, legacy: proto == protoLegacy, header: r.Header.Get("Authorization"),
 		client: throttle.ClientKey(r.RemoteAddr), ops: map[string]*op{}}
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
 	s.mu.Lock()
@@ -303,7 +304,7 @@ type group struct {
 type rendering struct {
 	g    *group
 	ev   *events.Event
-	refs int // under g.mu: queued frames holding it
+	refs atomic.Int32 // queued frames holding it; 0 → 1 only under g.mu
 	once sync.Once
 	msg  []byte // {"data":…,"errors":…}
 }
@@ -336,14 +337,20 @@ func (g *group) retain(ev *events.Event) *rendering {
 		r = &rendering{g: g, ev: ev}
 		g.pending[ev] = r
 	}
-	r.refs++
+	r.refs.Add(1)
 	return r
 }
 
+// release drops one hold; the last forgets the rendering. Writers of every
+// member release at once, so only the last one takes the group's lock.
 func (r *rendering) release() {
+	if r.refs.Add(-1) > 0 {
+		return
+	}
 	r.g.mu.Lock()
 	defer r.g.mu.Unlock()
-	if r.refs--; r.refs == 0 {
+	// A retain may have taken it up again meanwhile.
+	if r.refs.Load() == 0 && r.g.pending[r.ev] == r {
 		delete(r.g.pending, r.ev)
 	}
 }
@@ -367,6 +374,7 @@ func (r *rendering) payload() []byte {
 type conn struct {
 	s      *Server
 	ws     *websocket.Conn
+	bc     *batchConn // under ws: lets the writer send a batch with one write
 	legacy bool
 	header string          // the upgrade request's Authorization
 	client string          // the client's address as the throttle counts it
@@ -396,6 +404,7 @@ type op struct {
 	c       *conn
 	id      string
 	idJSON  []byte
+	head    []byte // an event frame's bytes before the payload (writer only)
 	stream  bool
 	g       *group
 	sub     *events.Subscription
@@ -500,6 +509,7 @@ func (c *conn) write() {
 		c.mu.Unlock()
 
 		c.wmu.Lock()
+		c.bc.hold(c.s.o.WriteTimeout)
 		n := 0
 		for i, f := range batch {
 			if f.r != nil {
@@ -513,9 +523,14 @@ func (c *conn) write() {
 			}
 			if err := c.writeFrame(&buf, f); err != nil {
 				failed = true
-				c.ws.Close() // the reader sees it and cleans up
 			}
 			batch[i] = frame{}
+		}
+		// One write for the whole batch: a subscriber that lags gets
+		// several frames per syscall instead of one.
+		if err := c.bc.flush(); err != nil || failed {
+			failed = true
+			c.ws.Close() // the reader sees it and cleans up
 		}
 		c.wmu.Unlock()
 
@@ -533,7 +548,6 @@ func (c *conn) write() {
 }
 
 func (c *conn) writeFrame(buf *bytes.Buffer, f frame) error {
-	_ = c.ws.SetWriteDeadline(time.Now().Add(c.s.o.WriteTimeout))
 	switch {
 	case f.close != 0:
 		msg := websocket.FormatCloseMessage(f.close, truncate(f.why))
@@ -543,14 +557,7 @@ func (c *conn) writeFrame(buf *bytes.Buffer, f frame) error {
 		if f.op.stopped.Load() {
 			return nil
 		}
-		w, err := c.ws.NextWriter(websocket.TextMessage)
-		if err != nil {
-			return err
-		}
-		_, _ = w.Write(c.header1(f.op))
-		_, _ = w.Write(f.r.payload())
-		_, _ = w.Write([]byte{'}'})
-		return w.Close()
+		return c.bc.writeText(c.header1(f.op), f.r.payload(), closeBrace)
 	case f.err != nil:
 		// The end of a stream: a last result with the error, then complete.
 		buf.Reset()
@@ -559,20 +566,26 @@ func (c *conn) writeFrame(buf *bytes.Buffer, f frame) error {
 		buf.WriteString(`{"data":null,"errors":`)
 		buf.Write(ej)
 		buf.WriteString(`}}`)
-		if err := c.ws.WriteMessage(websocket.TextMessage, buf.Bytes()); err != nil {
+		if err := c.bc.writeText(buf.Bytes()); err != nil {
 			return err
 		}
-		return c.ws.WriteMessage(websocket.TextMessage, c.msg(f.op, "complete", nil))
+		return c.bc.writeText(c.msg(f.op, "complete", nil))
 	default:
 		if f.op != nil && f.op.stopped.Load() {
 			return nil
 		}
-		return c.ws.WriteMessage(websocket.TextMessage, f.raw)
+		return c.bc.writeText(f.raw)
 	}
 }
 
-// header1 is an event frame's bytes before the payload.
+var closeBrace = []byte{'}'}
+
+// header1 is an event frame's bytes before the payload, made once per
+// operation (by the writer, the only caller).
 func (c *conn) header1(o *op) []byte {
+	if o.head != nil {
+		return o.head
+	}
 	typ := `,"type":"next","payload":`
 	if c.legacy {
 		typ = `,"type":"data","payload":`
@@ -580,7 +593,8 @@ func (c *conn) header1(o *op) []byte {
 	b := make([]byte, 0, 48+len(o.idJSON))
 	b = append(b, `{"id":`...)
 	b = append(b, o.idJSON...)
-	return append(b, typ...)
+	o.head = append(b, typ...)
+	return o.head
 }
 
 func (c *conn) appendError(buf *bytes.Buffer, idJSON []byte, errs gqlerror.List) {
