@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -42,7 +43,11 @@ type IngestResult struct {
 	Failed   int64   `json:"failed"`
 	Seconds  float64 `json:"seconds"`
 	PerSec   float64 `json:"perSec"`
-	FirstErr string  `json:"firstError,omitempty"`
+	// CPUPerReqUs is this process's CPU time (server and posters alike)
+	// per accepted request over the window: less sensitive than the rate
+	// to other work on a shared machine.
+	CPUPerReqUs float64 `json:"cpuPerRequestUs"`
+	FirstErr    string  `json:"firstError,omitempty"`
 }
 
 // runIngest has c posters send webhooks back to back; the rate counts the
@@ -74,13 +79,16 @@ func runIngest(ctx context.Context, post func(context.Context, []byte) (bool, er
 		}()
 	}
 	time.Sleep(warmup)
-	a0, t0 := accepted.Load(), time.Now()
+	a0, t0, c0 := accepted.Load(), time.Now(), cpuTime()
 	time.Sleep(d)
-	a1, t1 := accepted.Load(), time.Now()
+	a1, t1, c1 := accepted.Load(), time.Now(), cpuTime()
 	close(stop)
 	wg.Wait()
 	r := IngestResult{Posters: c, Accepted: a1 - a0, Failed: failed.Load(), Seconds: t1.Sub(t0).Seconds()}
 	r.PerSec = float64(r.Accepted) / r.Seconds
+	if r.Accepted > 0 {
+		r.CPUPerReqUs = float64(c1-c0) / float64(time.Microsecond) / float64(r.Accepted)
+	}
 	if p := firstErr.Load(); p != nil {
 		r.FirstErr = *p
 	}
@@ -471,6 +479,15 @@ func measureIdle(ctx context.Context, cp *clientProc, url string, vars map[strin
 	r.GoroutinesPer = float64(after.goroutines-before.goroutines) / fn
 	r.ClientRSSPerKiB = float64(c1.RSSKiB-c0.RSSKiB) / fn
 	return r, nil
+}
+
+// cpuTime is this process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // readRSSKiB is VmRSS from /proc/self/status.

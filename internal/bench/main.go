@@ -429,16 +429,19 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if r.Accepted == 0 {
 			fail(fmt.Sprintf("webhook ingest C=%d", c), fmt.Errorf("no 202 (%s)", r.FirstErr))
 		}
-		logf("  %.0f 202/s (%d failed)", r.PerSec, r.Failed)
+		logf("  %.0f 202/s (%d failed), %.0f µs CPU each", r.PerSec, r.Failed, r.CPUPerReqUs)
 		logf("raw HTTP ingest baseline again, %d posters (%v)", c, o.IngestDur/2)
 		r2 := runIngest(ctx, rawPost, c, o.IngestWarm, o.IngestDur/2)
 		rr := IngestResult{Posters: c, Accepted: r1.Accepted + r2.Accepted, Failed: r1.Failed + r2.Failed, Seconds: r1.Seconds + r2.Seconds}
 		rr.PerSec = float64(rr.Accepted) / rr.Seconds
+		if rr.Accepted > 0 {
+			rr.CPUPerReqUs = (r1.CPUPerReqUs*float64(r1.Accepted) + r2.CPUPerReqUs*float64(r2.Accepted)) / float64(rr.Accepted)
+		}
 		res.Details.RawIngest = append(res.Details.RawIngest, rr)
 		if rr.Accepted == 0 {
 			fail(fmt.Sprintf("raw HTTP ingest C=%d", c), fmt.Errorf("no 202 (%s %s)", r1.FirstErr, r2.FirstErr))
 		}
-		logf("  baseline %.0f and %.0f 202/s", r1.PerSec, r2.PerSec)
+		logf("  baseline %.0f and %.0f 202/s, %.0f µs CPU each", r1.PerSec, r2.PerSec, rr.CPUPerReqUs)
 	}
 
 	// 3. Fan-out: S raw clients and S gateway subscribers stay open (an idle
@@ -737,6 +740,14 @@ func (r *Result) ingestFigures() {
 			Value: in.PerSec, BaselineName: "raw HTTP 202/s", Baseline: b, Ratio: ratioOf(in.PerSec, b), Result: "info"})
 		if in.PerSec > best.PerSec {
 			best = in
+		}
+	}
+	for _, in := range d.Ingest {
+		for _, raw := range d.RawIngest {
+			if raw.Posters == in.Posters && in.CPUPerReqUs > 0 {
+				r.Notes = append(r.Notes, fmt.Sprintf("ingest, %d posters: %.0f µs CPU per webhook (this process: gateway and posters) vs %.0f µs per raw HTTP post (%.2fx the work)",
+					in.Posters, in.CPUPerReqUs, raw.CPUPerReqUs, ratioOf(in.CPUPerReqUs, raw.CPUPerReqUs)))
+			}
 		}
 	}
 	b := rawAt(best.Posters)
