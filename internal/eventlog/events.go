@@ -67,9 +67,14 @@ func decode(seq uint64, data []byte) (*events.Event, error) {
 }
 
 func (l *Log) message(e *events.Event) *nats.Msg {
-	m := nats.NewMsg(eventSubject(e))
-	m.Data = encode(e)
-	m.Header.Set(jetstream.MsgIDHeader, e.ID)
+	m := &nats.Msg{Subject: eventSubject(e), Data: encode(e)}
+	if e.DedupeKey != "" {
+		m.Header = nats.Header{}
+		// Only an id derived from a source's key can come again; a fresh
+		// random id (a webhook's) never repeats, and an entry per append
+		// in the server's de-duplication window would cost for nothing.
+		m.Header.Set(jetstream.MsgIDHeader, e.ID)
+	}
 	return m
 }
 
@@ -77,12 +82,18 @@ func (l *Log) message(e *events.Event) *nats.Msg {
 // Seq. Concurrent callers share the connection's writes: publishes are
 // asynchronous and acknowledged as they are stored.
 func (l *Log) Append(ctx context.Context, e *events.Event) (bool, error) {
-	f, err := l.js.PublishMsgAsync(l.message(e), jetstream.WithExpectStream(StreamEvents))
+	// No expected-stream header: only our stream takes these subjects (the
+	// server refuses overlapping streams), and the ack names the stream;
+	// a message without headers skips the server's header parsing.
+	f, err := l.js.PublishMsgAsync(l.message(e))
 	if err != nil {
 		return false, fmt.Errorf("eventlog: append: %w", err)
 	}
 	select {
 	case ack := <-f.Ok():
+		if ack.Stream != StreamEvents {
+			return false, fmt.Errorf("eventlog: append: stored in stream %q, not %s", ack.Stream, StreamEvents)
+		}
 		e.Seq = int64(ack.Sequence)
 		if e.Notify && !ack.Duplicate {
 			l.initStates(ctx, []*events.Event{e})

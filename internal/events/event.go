@@ -137,7 +137,23 @@ func (e *Event) Cursor() string { return FormatCursor(e.Seq) }
 
 // FormatCursor turns a sequence number into a cursor: zero-padded
 // decimal, so cursors sort the same as strings and as numbers.
-func FormatCursor(seq int64) string { return fmt.Sprintf("%012d", seq) }
+func FormatCursor(seq int64) string {
+	if seq < 0 {
+		return fmt.Sprintf("%012d", seq)
+	}
+	const width = 12
+	var b [20]byte
+	d := strconv.AppendInt(b[:0], seq, 10)
+	if len(d) >= width {
+		return string(d)
+	}
+	var p [width]byte
+	n := copy(p[width-len(d):], d)
+	for i := range width - n {
+		p[i] = '0'
+	}
+	return string(p[:])
+}
 
 // ParseCursor turns a cursor back into a sequence number; "" means the start.
 func ParseCursor(c string) (int64, error) {

@@ -355,3 +355,22 @@ func TestStreamCursorExpired(t *testing.T) {
 		t.Fatal("the refused stream left a subscription")
 	}
 }
+
+func TestFormatCursor(t *testing.T) {
+	for _, c := range []struct {
+		seq  int64
+		want string
+	}{
+		{0, "000000000000"}, {7, "000000000007"}, {123456789012, "123456789012"},
+		{1234567890123, "1234567890123"}, {-5, "-00000000005"},
+	} {
+		if got := events.FormatCursor(c.seq); got != c.want {
+			t.Errorf("FormatCursor(%d) = %q, want %q", c.seq, got, c.want)
+		}
+		if c.seq >= 0 {
+			if back, err := events.ParseCursor(c.want); err != nil || back != c.seq {
+				t.Errorf("ParseCursor(%q) = %d, %v", c.want, back, err)
+			}
+		}
+	}
+}

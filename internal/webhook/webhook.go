@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -111,7 +112,7 @@ func Handler(inst Instances, ing Ingester, log *slog.Logger, observe func(status
 			return
 		}
 		observe(http.StatusAccepted)
-		writeJSON(w, http.StatusAccepted, map[string]string{"id": res.Event.ID, "cursor": res.Event.Cursor()})
+		writeAccepted(w, res.Event)
 	})
 }
 
@@ -185,6 +186,20 @@ func tooDeep(body []byte, max int) bool {
 		}
 	}
 	return false
+}
+
+// writeAccepted answers {"id":…,"cursor":…} without encoding/json, on
+// the path every webhook takes.
+func writeAccepted(w http.ResponseWriter, e *events.Event) {
+	b := make([]byte, 0, 96)
+	b = append(b, `{"id":`...)
+	b = strconv.AppendQuote(b, e.ID)
+	b = append(b, `,"cursor":`...)
+	b = strconv.AppendQuote(b, e.Cursor())
+	b = append(b, "}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(b)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
