@@ -48,7 +48,8 @@ func ErrorPresenter(log *slog.Logger) graphql.ErrorPresenterFunc {
 			return gerr
 		}
 		code, msg, ext := classify(cause)
-		if code == apperr.Internal {
+		var render *RenderError
+		if code == apperr.Internal && !errors.As(cause, &render) { // Render logged it
 			log.Error("graphql: internal error", "path", gerr.Path.String(), "err", cause)
 		}
 		gerr.Message = msg
@@ -64,7 +65,11 @@ func ErrorPresenter(log *slog.Logger) graphql.ErrorPresenterFunc {
 func classify(err error) (code, msg string, ext map[string]any) {
 	var slow *events.SlowError
 	var expired *events.CursorExpiredError
+	var render *RenderError
 	switch {
+	case errors.As(err, &render):
+		return apperr.Internal, "an event could not be rendered, so this subscription ended; " +
+			"subscribe again with after set to extensions.cursor to go on past it", map[string]any{"cursor": render.Cursor}
 	case errors.As(err, &expired):
 		return apperr.CursorExpired, expired.Error(), map[string]any{"oldestCursor": expired.Oldest}
 	case errors.As(err, &slow):

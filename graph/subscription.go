@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 
 	"github.com/99designs/gqlgen/graphql"
 	"github.com/vektah/gqlparser/v2/ast"
@@ -31,13 +33,19 @@ type Schema struct {
 	resolver *Resolver
 	present  graphql.ErrorPresenterFunc
 	recover  graphql.RecoverFunc
+	log      *slog.Logger
 }
 
-// NewSchema returns the schema over r. Errors of rendered events go through
-// present; panics through recover.
+// NewSchema returns the schema over r. Errors that end streams go through
+// present; panics through recover; events that cannot be rendered are
+// logged to r.Log.
 func NewSchema(r *Resolver, present graphql.ErrorPresenterFunc, recover graphql.RecoverFunc) *Schema {
 	es := NewExecutableSchema(Config{Resolvers: r}).(*executableSchema)
-	return &Schema{executableSchema: es, resolver: r, present: present, recover: recover}
+	log := r.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Schema{executableSchema: es, resolver: r, present: present, recover: recover, log: log}
 }
 
 // Stream is one checked marketoEvents subscription, not yet listening.
@@ -124,16 +132,40 @@ func (r *Resolver) eventFilter(ctx context.Context, instanceID, after *string) (
 	return f, nil
 }
 
-// Render executes the stream's selection on ev: the response's data and
-// its field errors, presented.
-func (st *Stream) Render(ev *events.Event) (data []byte, errs gqlerror.List) {
-	ctx := graphql.WithResponseContext(st.ctx, st.s.present, st.s.recover)
+// RenderError is an event a subscription could not render: a stored field
+// broke the schema (a null where it allows none), a field resolver failed
+// or panicked. It ends the subscription; Errs are for the log, presented
+// it is INTERNAL with the event's cursor, so a client can resume past it.
+type RenderError struct {
+	EventID, InstanceID, Cursor string
+	Errs                        gqlerror.List
+}
+
+func (e *RenderError) Error() string {
+	return fmt.Sprintf("graph: event %s of instance %s could not be rendered: %v", e.EventID, e.InstanceID, e.Errs)
+}
+
+// Render executes the stream's selection on ev and returns the response's
+// data. Any field error, or a panic, is a *RenderError, logged here once at
+// ERROR (ids and errors, never the payload): a result with holes would be
+// a broken event to the client, so the subscription must end instead.
+func (st *Stream) Render(ev *events.Event) (data []byte, err error) {
+	// Errors stay raw here: they go to the log, not to the client.
+	ctx := graphql.WithResponseContext(st.ctx, graphql.DefaultErrorPresenter, st.s.recover)
 	fc := *st.fc // children point at their parent; each rendering has its own
 	ctx = graphql.WithFieldContext(ctx, &fc)
 	defer func() {
+		errs := graphql.GetErrors(ctx)
 		if p := recover(); p != nil {
-			data, errs = []byte("null"), gqlerror.List{st.s.present(ctx, st.s.recover(ctx, p))}
+			errs = append(errs, graphql.DefaultErrorPresenter(ctx, st.s.recover(ctx, p)))
 		}
+		if len(errs) == 0 {
+			return
+		}
+		re := &RenderError{EventID: ev.ID, InstanceID: ev.InstanceID, Cursor: ev.Cursor(), Errs: errs}
+		st.s.log.Error("graph: an event could not be rendered; its subscriptions end",
+			"event", ev.ID, "instance", ev.InstanceID, "err", errs.Error())
+		data, err = nil, re
 	}()
 	ec := newExecutionContext(st.oc, st.s.executableSchema, nil)
 	var buf bytes.Buffer
@@ -142,7 +174,7 @@ func (st *Stream) Render(ev *events.Event) (data []byte, errs gqlerror.List) {
 	buf.WriteByte(':')
 	ec.marshalNMarketoEvent2ᚖgithubᚗcomᚋleadstreamᚋleadstreamᚋinternalᚋeventsᚐEvent(ctx, st.field.Selections, ev).MarshalGQL(&buf)
 	buf.WriteByte('}')
-	return buf.Bytes(), graphql.GetErrors(ctx)
+	return buf.Bytes(), nil
 }
 
 // renderKey identifies what a subscriber asked for: the document, the
@@ -176,7 +208,11 @@ func (s *Schema) Exec(ctx context.Context) graphql.ResponseHandler {
 		graphql.AddError(ctx, err)
 		return graphql.OneShot(&graphql.Response{})
 	}
+	ended := false
 	return func(ctx context.Context) *graphql.Response {
+		if ended {
+			return nil // complete; the stream closes with the request's ctx
+		}
 		select {
 		case ev, ok := <-es.C:
 			if !ok {
@@ -185,8 +221,12 @@ func (s *Schema) Exec(ctx context.Context) graphql.ResponseHandler {
 			if ev == nil {
 				return &graphql.Response{Errors: gqlerror.List{s.present(ctx, es.Err())}}
 			}
-			data, errs := st.Render(ev)
-			return &graphql.Response{Data: data, Errors: errs}
+			data, err := st.Render(ev)
+			if err != nil {
+				ended = true
+				return &graphql.Response{Errors: gqlerror.List{s.present(ctx, err)}}
+			}
+			return &graphql.Response{Data: data}
 		case <-ctx.Done():
 			return nil
 		}

@@ -306,7 +306,8 @@ type rendering struct {
 	ev   *events.Event
 	refs atomic.Int32 // queued frames holding it; 0 → 1 only under g.mu
 	once sync.Once
-	msg  []byte // {"data":…,"errors":…}
+	msg  []byte // {"data":…}
+	err  error  // the event could not be rendered: each member's operation ends with it
 }
 
 func (s *Server) join(st *graph.Stream) *group {
@@ -356,18 +357,18 @@ func (r *rendering) release() {
 }
 
 // payload renders the event the first time any member needs it.
-func (r *rendering) payload() []byte {
+func (r *rendering) payload() ([]byte, error) {
 	r.once.Do(func() {
-		data, errs := r.g.st.Render(r.ev)
+		data, err := r.g.st.Render(r.ev)
+		if err != nil {
+			r.err = err
+			return
+		}
 		b := append(make([]byte, 0, len(data)+16), `{"data":`...)
 		b = append(b, data...)
-		if len(errs) > 0 {
-			ej, _ := json.Marshal(errs)
-			b = append(append(b, `,"errors":`...), ej...)
-		}
 		r.msg = append(b, '}')
 	})
-	return r.msg
+	return r.msg, r.err
 }
 
 // conn is one websocket connection.
@@ -557,7 +558,11 @@ func (c *conn) writeFrame(buf *bytes.Buffer, f frame) error {
 		if f.op.stopped.Load() {
 			return nil
 		}
-		return c.bc.writeText(c.header1(f.op), f.r.payload(), closeBrace)
+		payload, err := f.r.payload()
+		if err != nil {
+			return c.renderFailed(buf, f.op, err)
+		}
+		return c.bc.writeText(c.header1(f.op), payload, closeBrace)
 	case f.err != nil:
 		// The end of a stream: a last result with the error, then complete.
 		buf.Reset()
@@ -576,6 +581,27 @@ func (c *conn) writeFrame(buf *bytes.Buffer, f frame) error {
 		}
 		return c.bc.writeText(f.raw)
 	}
+}
+
+// renderFailed ends a subscription whose event could not be rendered (the
+// writer, holding wmu): it leaves the broker (or its replay stops) and the
+// client gets an error message for it, after which nothing more is sent for
+// that id (frames still queued for it are dropped). The connection and its
+// other operations go on.
+func (c *conn) renderFailed(buf *bytes.Buffer, o *op, err error) error {
+	c.mu.Lock()
+	if c.ops[o.id] != o {
+		c.mu.Unlock()
+		return nil // completed by the client or ended meanwhile
+	}
+	delete(c.ops, o.id)
+	c.subs--
+	o.stopped.Store(true)
+	c.mu.Unlock()
+	o.release()
+	buf.Reset()
+	c.appendError(buf, o.idJSON, gqlerror.List{c.s.o.Present(c.ctx, err)})
+	return c.bc.writeText(buf.Bytes())
 }
 
 var closeBrace = []byte{'}'}

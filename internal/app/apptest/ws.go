@@ -163,12 +163,17 @@ func (s *Sub) readSSE() {
 		}
 		line = strings.TrimRight(line, "\r\n")
 		switch {
+		case line == "" && event == "complete":
+			// gqlgen's complete event carries no data line.
+			s.msgs <- Message{Done: true}
+			event = ""
 		case strings.HasPrefix(line, "event:"):
 			event = strings.TrimSpace(line[6:])
 		case strings.HasPrefix(line, "data:"):
 			raw := []byte(strings.TrimSpace(line[5:]))
 			if event == "complete" {
 				s.msgs <- Message{Done: true, Raw: raw}
+				event = ""
 				continue
 			}
 			var p struct {
