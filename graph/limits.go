@@ -152,13 +152,19 @@ var errTimeLimit = "the operation ran longer than its time limit (GRAPHQL_TIMEOU
 
 // TimeLimit is an operation middleware: an operation whose context ended at
 // GRAPHQL_TIMEOUT before gqlgen produced an answer (gqlgen then answers
-// nothing) is answered LIMIT_EXCEEDED.
+// nothing) is answered LIMIT_EXCEEDED, once: the nil after it ends the
+// responses (a transport reading until nil, as the websocket one does,
+// would otherwise be handed the error forever).
 func TimeLimit(ctx context.Context, next graphql.OperationHandler) graphql.ResponseHandler {
 	rh := next(ctx)
+	answered := false
 	return func(ctx context.Context) *graphql.Response {
 		resp := rh(ctx)
-		if resp == nil && errors.Is(context.Cause(ctx), ErrOperationTimeout) {
-			return &graphql.Response{Errors: gqlerror.List{LimitError(errTimeLimit)}, Data: []byte("null")}
+		if resp == nil && !answered && errors.Is(context.Cause(ctx), ErrOperationTimeout) {
+			resp = &graphql.Response{Errors: gqlerror.List{LimitError(errTimeLimit)}, Data: []byte("null")}
+		}
+		if resp != nil {
+			answered = true
 		}
 		return resp
 	}

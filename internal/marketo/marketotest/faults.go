@@ -85,6 +85,10 @@ type Stats struct {
 	ByResult map[string]int
 	// TokenRequests counts identity requests, failed ones included.
 	TokenRequests int
+	// TokensHeld is the token requests HoldTokens holds now;
+	// TokensAbandoned those whose client left while held.
+	TokensHeld      int
+	TokensAbandoned int
 	// InFlight is the REST calls being answered now; MaxInFlight the most
 	// there ever were at once.
 	InFlight    int

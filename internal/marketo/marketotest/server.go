@@ -45,6 +45,7 @@ type Server struct {
 	emptyPageEvery int
 	latency        time.Duration
 	faults         []*queuedFault
+	hold           chan struct{} // set by HoldTokens: token requests wait until it is closed
 	stats          Stats
 	requestSeq     uint64
 	closed         bool
@@ -206,6 +207,9 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, identityError{"invalid_request", "unreadable form"})
 		return
 	}
+	if !s.held(r) {
+		return // the client went away, or the fake is closing
+	}
 	if gt := r.Form.Get("grant_type"); gt != "client_credentials" {
 		writeJSON(w, http.StatusBadRequest, identityError{"unsupported_grant_type", fmt.Sprintf("Unsupported grant type: %s", gt)})
 		return
@@ -239,6 +243,58 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, ans)
+}
+
+// HoldTokens makes identity (token) requests wait, once the fake has read
+// them, until release is called or their client goes away: a Marketo that
+// takes exactly as long to answer as a test needs. Stats.TokensHeld counts
+// the requests waiting now, Stats.TokensAbandoned those whose client left
+// (closed the connection, or gave up) while they waited.
+func (s *Server) HoldTokens() (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.hold = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.hold == ch {
+				s.hold = nil
+			}
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// held waits out HoldTokens for one token request whose body was read (so
+// net/http notices the client leaving); false when it should not be answered.
+func (s *Server) held(r *http.Request) bool {
+	s.mu.Lock()
+	hold := s.hold
+	if hold != nil {
+		s.stats.TokensHeld++
+	}
+	s.mu.Unlock()
+	if hold == nil {
+		return true
+	}
+	answer, abandoned := false, false
+	select {
+	case <-hold:
+		answer = true
+	case <-r.Context().Done():
+		abandoned = true
+	case <-s.stop:
+	}
+	s.mu.Lock()
+	s.stats.TokensHeld--
+	if abandoned {
+		s.stats.TokensAbandoned++
+	}
+	s.mu.Unlock()
+	return answer
 }
 
 // newToken makes a token shaped like Marketo's: a UUID and a pod suffix.
