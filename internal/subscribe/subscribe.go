@@ -13,7 +13,9 @@
 //     the queue full is ended with SLOW_SUBSCRIBER and its last cursor;
 //   - each event rendered once per group of subscriptions that render it
 //     alike (graph.Stream.Key), the same payload bytes written to each of
-//     them: only the operation id differs per frame.
+//     them: only the operation id differs per frame; an event that cannot
+//     be rendered ends those subscriptions with an error message each,
+//     and the connection goes on.
 //
 // Close codes: 4400 a message this protocol does not define or a malformed
 // one, 4401 an operation before the connection was acknowledged or missing
