@@ -273,8 +273,10 @@ func (a *App) Run(ctx context.Context, ready func(addr string)) error {
 	}
 	// The live tail is in place before the first request: whatever is
 	// appended from now on reaches this replica's subscribers.
-	tail, err := a.evlog.StartTail(ctx, func(e *events.Event, lag uint64) {
-		a.broker.Publish(e)
+	tail, err := a.evlog.StartTail(ctx, a.broker.Wants, func(e *events.Event, lag uint64) {
+		if e != nil {
+			a.broker.Publish(e)
+		}
 		a.metrics.TailLag(lag)
 	})
 	if err != nil {

@@ -135,7 +135,7 @@ func TestTailAndPurge(t *testing.T) {
 	ctx := context.Background()
 	var mu sync.Mutex
 	var seen []int64
-	tail, err := l.StartTail(ctx, func(e *events.Event, _ uint64) {
+	tail, err := l.StartTail(ctx, nil, func(e *events.Event, _ uint64) {
 		mu.Lock()
 		seen = append(seen, e.Seq)
 		mu.Unlock()
@@ -228,5 +228,71 @@ func TestCursorExpired(t *testing.T) {
 	got, err := l.Read(ctx, events.Filter{OrgID: "o"}, old2.Seq, 10)
 	if err != nil || len(got) != 1 || got[0].Seq != fresh.Seq {
 		t.Fatalf("read after the last expired cursor: %v %v", seqs(got), err)
+	}
+}
+
+// A tail with wants decodes only the events it wants, reading organization
+// and instance off the subject (ids with spaces and dots included); the
+// others reach fn as nil.
+func TestTailWants(t *testing.T) {
+	l := eventlogtest.New(t)
+	ctx := context.Background()
+	const org, want, skip = "o.rg 1", "in st/2", "skip me"
+	var mu sync.Mutex
+	var got []*events.Event
+	skipped := 0
+	asked := map[string]bool{}
+	tail, err := l.StartTail(ctx, func(o, i string) bool {
+		mu.Lock()
+		asked[o+"|"+i] = true
+		mu.Unlock()
+		return i == want
+	}, func(e *events.Event, _ uint64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if e == nil {
+			skipped++
+			return
+		}
+		got = append(got, e)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tail.Stop()
+	for i := range 20 {
+		inst := want
+		if i%2 == 1 {
+			inst = skip
+		}
+		if _, err := l.Append(ctx, ev(org, inst, events.SourceWebhook, "webhook", "WEBHOOK", fmt.Sprintf(`{"n":%d}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got) + skipped
+		mu.Unlock()
+		if n == 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tail saw %d of 20 events", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if skipped != 10 || len(got) != 10 {
+		t.Fatalf("decoded %d, skipped %d; want 10 and 10", len(got), skipped)
+	}
+	for i, e := range got {
+		if e.InstanceID != want || e.OrgID != org || string(e.Payload) != fmt.Sprintf(`{"n":%d}`, 2*i) {
+			t.Errorf("event %d: %+v", i, e)
+		}
+	}
+	if len(asked) != 2 || !asked[org+"|"+want] || !asked[org+"|"+skip] {
+		t.Errorf("wants was asked %v", asked)
 	}
 }

@@ -457,7 +457,12 @@ type Tail struct {
 // StartTail hands every event appended from now on to fn, in log order,
 // until Stop; lag is how many messages the tail has yet to read. It returns
 // once the tail is in place: what is appended after that reaches fn.
-func (l *Log) StartTail(ctx context.Context, fn func(e *events.Event, lag uint64)) (*Tail, error) {
+//
+// wants, when set, is asked first with the event's organization and
+// instance (read off its subject): an event it refuses is not decoded and
+// reaches fn as nil, with the lag only. A replica whose subscribers want
+// none of an instance's events so spends almost nothing on them.
+func (l *Log) StartTail(ctx context.Context, wants func(orgID, instanceID string) bool, fn func(e *events.Event, lag uint64)) (*Tail, error) {
 	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{prefixEvent + ".>"},
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
@@ -469,6 +474,12 @@ func (l *Log) StartTail(ctx context.Context, fn func(e *events.Event, lag uint64
 		md, err := m.Metadata()
 		if err != nil {
 			return
+		}
+		if wants != nil {
+			if org, inst, ok := subjectIDs(m.Subject()); ok && !wants(org, inst) {
+				fn(nil, md.NumPending)
+				return
+			}
 		}
 		e, err := decode(md.Sequence.Stream, m.Data())
 		if err != nil {

@@ -57,6 +57,62 @@ func token(s string) string {
 	return b.String()
 }
 
+// untoken reverses token; ok is false for what token never makes.
+func untoken(t string) (string, bool) {
+	if t == "_" {
+		return "", true
+	}
+	if !strings.Contains(t, "_") {
+		return t, true
+	}
+	b := make([]byte, 0, len(t))
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if c != '_' {
+			b = append(b, c)
+			continue
+		}
+		if i+2 >= len(t) {
+			return "", false
+		}
+		hi, lo := unhex(t[i+1]), unhex(t[i+2])
+		if hi < 0 || lo < 0 {
+			return "", false
+		}
+		b = append(b, byte(hi<<4|lo))
+		i += 2
+	}
+	return string(b), true
+}
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
+
+// subjectIDs reads the organization and instance out of an event subject.
+func subjectIDs(subj string) (orgID, instanceID string, ok bool) {
+	rest, ok := strings.CutPrefix(subj, prefixEvent+".")
+	if !ok {
+		return "", "", false
+	}
+	o, rest, ok1 := strings.Cut(rest, ".")
+	i, _, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 {
+		return "", "", false
+	}
+	if orgID, ok = untoken(o); !ok {
+		return "", "", false
+	}
+	instanceID, ok = untoken(i)
+	return orgID, instanceID, ok
+}
+
 func plain(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-'
 }

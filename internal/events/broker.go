@@ -222,6 +222,16 @@ func (b *Broker) EndRevoked(instanceID, tokenHash string, err error) {
 	}
 }
 
+// Wants reports whether a live subscription may take events of this
+// instance (one on the instance or on its organization). The live tail
+// asks before it decodes an event; a subscription attached right after
+// the answer starts after that event, as if it had been attached later.
+func (b *Broker) Wants(orgID, instanceID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.byInstance[instanceID]) > 0 || len(b.byOrg[orgID]) > 0
+}
+
 // Count returns the number of live subscriptions.
 func (b *Broker) Count() int {
 	b.mu.Lock()

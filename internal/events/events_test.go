@@ -21,7 +21,7 @@ import (
 func pipeline(t testing.TB, b *events.Broker) (*events.Ingester, *eventlog.Log) {
 	t.Helper()
 	l := eventlogtest.New(t)
-	tail, err := l.StartTail(context.Background(), func(e *events.Event, _ uint64) { b.Publish(e) })
+	tail, err := l.StartTail(context.Background(), nil, func(e *events.Event, _ uint64) { b.Publish(e) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,5 +372,27 @@ func TestFormatCursor(t *testing.T) {
 				t.Errorf("ParseCursor(%q) = %d, %v", c.want, back, err)
 			}
 		}
+	}
+}
+
+func TestBrokerWants(t *testing.T) {
+	b := events.NewBroker(4)
+	if b.Wants("o1", "i1") {
+		t.Fatal("an empty broker wants events")
+	}
+	si := b.Subscribe(events.Filter{OrgID: "o1", InstanceID: "i1"})
+	so := b.Subscribe(events.Filter{OrgID: "o2"})
+	for _, c := range []struct {
+		org, inst string
+		want      bool
+	}{{"o1", "i1", true}, {"o1", "i2", false}, {"o2", "i9", true}, {"o3", "i1", true}, {"o3", "i3", false}} {
+		if got := b.Wants(c.org, c.inst); got != c.want {
+			t.Errorf("Wants(%s, %s) = %v, want %v", c.org, c.inst, got, c.want)
+		}
+	}
+	si.Close()
+	so.Close()
+	if b.Wants("o1", "i1") || b.Wants("o2", "i9") {
+		t.Error("closed subscriptions still want events")
 	}
 }

@@ -64,7 +64,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{t: t, fake: fake, st: st, box: box, broker: events.NewBroker(100_000), counts: map[string]int{}}
 	e.log = eventlogtest.Open(t, eventlog.Options{DataDir: t.TempDir(), DuplicateWindow: time.Second})
-	tail, err := e.log.StartTail(context.Background(), func(ev *events.Event, _ uint64) {
+	tail, err := e.log.StartTail(context.Background(), nil, func(ev *events.Event, _ uint64) {
 		e.mu.Lock()
 		e.counts[ev.InstanceID]++
 		e.mu.Unlock()
