@@ -36,8 +36,16 @@ var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return
 // hold starts collecting writes; each write to the socket until flush
 // may take timeout.
 func (b *batchConn) hold(timeout time.Duration) {
+	// Borrowed here, near the top of the writer's stack: a fresh writer
+	// goroutine's small stack then does not grow for the pool's slow path.
+	buf := batchBufs.Get().(*[]byte)
 	b.mu.Lock()
 	b.held, b.timeout = true, timeout
+	if b.buf == nil {
+		b.buf = buf
+	} else {
+		batchBufs.Put(buf)
+	}
 	b.mu.Unlock()
 }
 

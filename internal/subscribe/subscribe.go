@@ -9,8 +9,9 @@
 //     sink the broker calls, not a goroutine;
 //   - one keep-alive timer for all connections;
 //   - a bounded queue of frames per connection, written by a goroutine that
-//     exists only while the queue is not empty; a subscription that finds
-//     the queue full is ended with SLOW_SUBSCRIBER and its last cursor;
+//     exists only while the queue is not empty, all frames it drained with
+//     one write (batchconn.go); a subscription that finds the queue full is
+//     ended with SLOW_SUBSCRIBER and its last cursor;
 //   - each event rendered once per group of subscriptions that render it
 //     alike (graph.Stream.Key), the same payload bytes written to each of
 //     them: only the operation id differs per frame; an event that cannot
