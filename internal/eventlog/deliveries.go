@@ -207,11 +207,13 @@ func wrongLastSeq(err error) bool {
 // DeliveryState returns an event's delivery state; ok is false when no
 // worker has recorded one yet.
 func (l *Log) DeliveryState(ctx context.Context, eventID string) (events.Delivery, bool, error) {
-	r, _, err := l.state(ctx, eventID)
+	r, rev, err := l.state(ctx, eventID)
 	if err != nil || r == nil {
 		return events.Delivery{}, false, err
 	}
-	return r.Delivery, true, nil
+	d := r.Delivery
+	d.Revision = rev
+	return d, true, nil
 }
 
 func (l *Log) state(ctx context.Context, eventID string) (*stateRecord, uint64, error) {
@@ -229,11 +231,22 @@ func (l *Log) state(ctx context.Context, eventID string) (*stateRecord, uint64, 
 	return &r, kv.Revision(), nil
 }
 
-// SetDeliveryState records an event's delivery state. Only the worker
-// holding the event's job writes it.
+// SetDeliveryState records an event's delivery state, read by
+// DeliveryState with d.Revision: it fails (events.ErrDeliveryStateChanged)
+// when anyone wrote the state since, or removed it (a deleted instance's
+// states are purged, and a worker finishing late must not bring one back).
 func (l *Log) SetDeliveryState(ctx context.Context, ev *events.Event, d events.Delivery) error {
 	b, _ := json.Marshal(stateRecord{Delivery: d, Seq: ev.Seq, OrgID: ev.OrgID, InstanceID: ev.InstanceID})
-	if _, err := l.states.Put(ctx, ev.ID, b); err != nil {
+	var err error
+	if d.Revision == 0 {
+		_, err = l.states.Create(ctx, ev.ID, b)
+	} else {
+		_, err = l.states.Update(ctx, ev.ID, b, d.Revision)
+	}
+	if wrongLastSeq(err) {
+		return fmt.Errorf("eventlog: set delivery state: %w", events.ErrDeliveryStateChanged)
+	}
+	if err != nil {
 		return fmt.Errorf("eventlog: set delivery state: %w", err)
 	}
 	return nil

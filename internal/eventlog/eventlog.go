@@ -25,6 +25,9 @@ const (
 	StreamEvents   = "LEADSTREAM_EVENTS"
 	StreamAttempts = "LEADSTREAM_ATTEMPTS"
 	BucketDelivery = "leadstream_deliveries"
+	// BucketLog holds what the log knows about itself (where purges moved
+	// the start of the event stream).
+	BucketLog      = "leadstream_log"
 	ConsumerNotify = "leadstream_notify"
 )
 
@@ -66,6 +69,7 @@ type Log struct {
 	events   jetstream.Stream
 	attempts jetstream.Stream
 	states   jetstream.KeyValue
+	meta     jetstream.KeyValue
 	notify   jetstream.Consumer
 	replicas int
 	closed   chan struct{} // closed when the connection is
@@ -281,6 +285,17 @@ func (l *Log) ensureWith(ctx context.Context, replicas int) error {
 	})
 	if err != nil {
 		return fmt.Errorf("eventlog: bucket %s: %w", BucketDelivery, err)
+	}
+	l.meta, err = l.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketLog,
+		Description: "Leadstream: facts about the event log (where purges moved its start)",
+		History:     1,
+		TTL:         l.opts.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("eventlog: bucket %s: %w", BucketLog, err)
 	}
 	l.notify, err = l.events.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:        ConsumerNotify,

@@ -192,15 +192,20 @@ func TestTailAndPurge(t *testing.T) {
 
 // An after older than what the log keeps is CURSOR_EXPIRED, naming where
 // history now starts; a current cursor is not.
+// A purge of a deleted instance at the start of the log does not make it so.
 func TestCursorExpired(t *testing.T) {
 	l := eventlogtest.Open(t, eventlog.Options{DataDir: t.TempDir(), MaxAge: time.Second})
 	ctx := context.Background()
+	deleted := ev("o", "gone", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
 	old := ev("o", "i", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
 	old2 := ev("o", "i", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
-	for _, e := range []*events.Event{old, old2} {
+	for _, e := range []*events.Event{deleted, old, old2} {
 		if _, err := l.Append(ctx, e); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := l.PurgeInstance(ctx, "gone"); err != nil {
+		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -220,10 +225,12 @@ func TestCursorExpired(t *testing.T) {
 	if _, err := l.Append(ctx, fresh); err != nil {
 		t.Fatal(err)
 	}
-	_, err := l.Read(ctx, events.Filter{OrgID: "o"}, old.Seq, 10)
-	var ce *events.CursorExpiredError
-	if !errors.As(err, &ce) || ce.Oldest != events.FormatCursor(fresh.Seq-1) {
-		t.Fatalf("read after an expired cursor: %v", err)
+	for _, after := range []int64{deleted.Seq, old.Seq} {
+		_, err := l.Read(ctx, events.Filter{OrgID: "o"}, after, 10)
+		var ce *events.CursorExpiredError
+		if !errors.As(err, &ce) || ce.Oldest != events.FormatCursor(fresh.Seq-1) {
+			t.Fatalf("read after expired cursor %d: %v", after, err)
+		}
 	}
 	got, err := l.Read(ctx, events.Filter{OrgID: "o"}, old2.Seq, 10)
 	if err != nil || len(got) != 1 || got[0].Seq != fresh.Seq {
@@ -294,5 +301,52 @@ func TestTailWants(t *testing.T) {
 	}
 	if len(asked) != 2 || !asked[org+"|"+want] || !asked[org+"|"+skip] {
 		t.Errorf("wants was asked %v", asked)
+	}
+}
+
+// Purges of deleted instances that move the start of the log leave every
+// other reader's cursor valid, however far back, several purges in a row
+// too (TestCursorExpired: retention still expires cursors after a purge).
+func TestCursorAfterPurge(t *testing.T) {
+	l := eventlogtest.New(t)
+	ctx := context.Background()
+	appendAll := func(evs ...*events.Event) {
+		t.Helper()
+		for _, e := range evs {
+			if _, err := l.Append(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	a1 := ev("o", "a", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
+	a2 := ev("o", "a", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
+	c1 := ev("o", "c", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
+	b1 := ev("o", "b", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
+	c2 := ev("o", "c", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
+	b2 := ev("o", "b", events.SourceWebhook, "webhook", "WEBHOOK", "{}")
+	appendAll(a1, a2, c1, b1, c2, b2)
+
+	tests := []struct {
+		name   string
+		purge  string
+		filter events.Filter
+		after  int64
+		want   []*events.Event
+	}{
+		{"instance after the purged start", "a", events.Filter{OrgID: "o", InstanceID: "b"}, a1.Seq, []*events.Event{b1, b2}},
+		{"organization after the purged start", "", events.Filter{OrgID: "o"}, a1.Seq, []*events.Event{c1, b1, c2, b2}},
+		{"after a second purge", "c", events.Filter{OrgID: "o", InstanceID: "b"}, a1.Seq, []*events.Event{b1, b2}},
+		{"organization after both", "", events.Filter{OrgID: "o"}, a2.Seq, []*events.Event{b1, b2}},
+	}
+	for _, tc := range tests {
+		if tc.purge != "" {
+			if err := l.PurgeInstance(ctx, tc.purge); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := l.Read(ctx, tc.filter, tc.after, 10)
+		if err != nil || fmt.Sprint(seqs(got)) != fmt.Sprint(seqs(tc.want)) {
+			t.Fatalf("%s: read after %d: %v %v, want %v", tc.name, tc.after, seqs(got), err, seqs(tc.want))
+		}
 	}
 }

@@ -232,14 +232,8 @@ func transient(err error) bool {
 
 func (l *Log) read(ctx context.Context, f events.Filter, after int64, limit int) ([]*events.Event, error) {
 	if after > 0 {
-		info, err := l.events.Info(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("eventlog: read: %w", err)
-		}
-		// Sequences below FirstSeq are gone (by age): if after+1 is one
-		// of them, events after the cursor may be lost.
-		if first := info.State.FirstSeq; first > 1 && uint64(after)+1 < first {
-			return nil, &events.CursorExpiredError{Oldest: events.FormatCursor(int64(first) - 1)}
+		if err := l.checkCursor(ctx, uint64(after)); err != nil {
+			return nil, err
 		}
 	}
 	subs, coarse := filterSubjects(f)
@@ -434,17 +428,185 @@ func (l *Log) Event(ctx context.Context, seq uint64) (*events.Event, error) {
 	return decode(seq, m.Data)
 }
 
-// PurgeInstance removes an instance's events, redeliveries and attempts
-// from the log (a deleted instance).
+// checkCursor returns a *events.CursorExpiredError when events after the
+// cursor may have been removed by retention (EVENTS_MAX_AGE). Everything
+// below the stream's first sequence is gone; it went by age unless purges
+// of deleted instances moved the first sequence to where it is, and what a
+// purge removed no other instance's reader misses (see PurgeInstance).
+func (l *Log) checkCursor(ctx context.Context, after uint64) error {
+	info, err := l.events.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("eventlog: read: %w", err)
+	}
+	first := info.State.FirstSeq
+	if first <= 1 || after+1 >= first {
+		return nil
+	}
+	h, _, err := l.purgedHead(ctx)
+	if err != nil {
+		return fmt.Errorf("eventlog: read: %w", err)
+	}
+	if h != nil && h.To == first && after+1 >= h.From {
+		return nil
+	}
+	return &events.CursorExpiredError{Oldest: events.FormatCursor(int64(first) - 1)}
+}
+
+// headMove records that purges moved the stream's first sequence from
+// From to To: the sequences between held only deleted instances' events
+// (every other event there would still be the first). Retention moving
+// the first sequence on makes it stale (To no longer the first), and the
+// bucket's TTL removes it after EVENTS_MAX_AGE, when nothing it covers can
+// still be in the log.
+type headMove struct {
+	From uint64 `json:"from"`
+	To   uint64 `json:"to"`
+}
+
+const keyPurgedHead = "purged-head"
+
+func (l *Log) purgedHead(ctx context.Context) (*headMove, uint64, error) {
+	kv, err := l.meta.Get(ctx, keyPurgedHead)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	var h headMove
+	if err := json.Unmarshal(kv.Value(), &h); err != nil {
+		return nil, 0, err
+	}
+	return &h, kv.Revision(), nil
+}
+
+// notePurgedHead records that a purge moved the first sequence from from
+// to to, joining the previous move when it ended where this one starts.
+func (l *Log) notePurgedHead(ctx context.Context, from, to uint64) error {
+	for {
+		h, rev, err := l.purgedHead(ctx)
+		if err != nil {
+			return err
+		}
+		next := headMove{From: from, To: to}
+		if h != nil && h.To >= from && h.From <= from {
+			next.From = h.From
+		}
+		if h == nil {
+			_, err = l.meta.Create(ctx, keyPurgedHead, mustJSON(next))
+		} else {
+			_, err = l.meta.Update(ctx, keyPurgedHead, mustJSON(next), rev)
+		}
+		if err == nil || !wrongLastSeq(err) {
+			return err
+		}
+		// Another replica's purge wrote meanwhile: join it.
+	}
+}
+
+// PurgeInstance removes an instance's events, redeliveries, attempts and
+// delivery states from the log (a deleted instance). Its jobs go with its
+// events: a callback pending for it is not delivered.
 func (l *Log) PurgeInstance(ctx context.Context, instanceID string) error {
+	before, err := l.events.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("eventlog: purge events: %w", err)
+	}
+	// The delivery states are keyed by event id: find them before the
+	// events go.
+	ids, err := l.callbackIDs(ctx, instanceID)
+	if err != nil {
+		return err
+	}
 	if err := l.events.Purge(ctx, jetstream.WithPurgeSubject(instanceEvents(instanceID))); err != nil {
 		return fmt.Errorf("eventlog: purge events: %w", err)
 	}
 	if err := l.events.Purge(ctx, jetstream.WithPurgeSubject(prefixRedeliver+".*."+token(instanceID))); err != nil {
 		return fmt.Errorf("eventlog: purge redeliveries: %w", err)
 	}
+	after, err := l.events.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("eventlog: purge events: %w", err)
+	}
+	if from, to := before.State.FirstSeq, after.State.FirstSeq; to > from {
+		if err := l.notePurgedHead(ctx, from, to); err != nil {
+			return fmt.Errorf("eventlog: purge events: %w", err)
+		}
+	}
 	if err := l.attempts.Purge(ctx, jetstream.WithPurgeSubject(attemptSubject(instanceID))); err != nil {
 		return fmt.Errorf("eventlog: purge attempts: %w", err)
+	}
+	if err := l.purgeStates(ctx, ids); err != nil {
+		return fmt.Errorf("eventlog: purge delivery states: %w", err)
+	}
+	return nil
+}
+
+// callbackIDs returns the ids of an instance's events with a callback,
+// read by subject (headers and the first line of each are enough, but
+// JetStream sends the whole message).
+func (l *Log) callbackIDs(ctx context.Context, instanceID string) ([]string, error) {
+	cons, err := l.events.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{prefixEvent + ".*." + token(instanceID) + ".*.*.*." + tokenCallback},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: purge: %w", err)
+	}
+	var ids []string
+	for {
+		pending := cons.CachedInfo().NumPending
+		if len(ids) > 0 {
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("eventlog: purge: %w", err)
+			}
+			pending = info.NumPending
+		}
+		if pending == 0 {
+			return ids, nil
+		}
+		batch, err := cons.Fetch(int(min(pending, 1000)), jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: purge: %w", err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			if e, err := decode(0, m.Data()); err == nil {
+				ids = append(ids, e.ID)
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return nil, fmt.Errorf("eventlog: purge: %w", err)
+		}
+		if got == 0 {
+			return ids, nil
+		}
+	}
+}
+
+// purgeStates removes delivery states, each key with its history.
+func (l *Log) purgeStates(ctx context.Context, ids []string) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(ids))
+	for _, id := range ids {
+		m := nats.NewMsg("$KV." + BucketDelivery + "." + id)
+		m.Header.Set("KV-Operation", "PURGE")
+		m.Header.Set("Nats-Rollup", "sub")
+		f, err := l.js.PublishMsgAsync(m)
+		if err != nil {
+			return err
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return nil
 }

@@ -99,6 +99,10 @@ type Delivery struct {
 	LastError     *string       `json:"lastError,omitempty"`
 	DeliveredAt   *time.Time    `json:"deliveredAt,omitempty"`
 	Gen           int           `json:"gen,omitempty"`
+	// Revision is the log's revision of the state as read; writing the
+	// state back succeeds only while it is still the latest (0: no state
+	// yet). Not part of the state itself.
+	Revision uint64 `json:"-"`
 }
 
 // Attempt records one POST of an event to a callback URL.

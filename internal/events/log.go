@@ -18,6 +18,10 @@ type Position struct {
 	Seq        int64 // set by the log: the sequence of the page's last event
 }
 
+// ErrDeliveryStateChanged refuses writing a delivery state that someone
+// else wrote or removed since it was read.
+var ErrDeliveryStateChanged = errors.New("events: the delivery state changed meanwhile")
+
 // ErrDeliveryPending refuses a redelivery of an event whose delivery is pending.
 var ErrDeliveryPending = errors.New("events: the delivery is already pending")
 

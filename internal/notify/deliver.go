@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -126,6 +127,15 @@ func (n *Notifier) finish(ctx context.Context, j events.DeliveryJob, a *events.A
 		}
 	}
 	if err := n.queue.SetDeliveryState(wctx, ev, d); err != nil {
+		if errors.Is(err, events.ErrDeliveryStateChanged) {
+			// A redelivery asked for, or the instance deleted (its states
+			// purged), since this worker read the state: the job comes
+			// back at once and is decided afresh (gone with a deleted
+			// instance's events).
+			n.log.Debug("notify: delivery state changed meanwhile", "instance", ev.InstanceID, "event", ev.ID)
+			n.retry(j, early)
+			return
+		}
 		n.log.Error("notify: recording delivery state; will retry", "instance", ev.InstanceID, "event", ev.ID, "err", err)
 		n.retry(j, n.o.RetryBase)
 		return

@@ -35,6 +35,8 @@ type Queue interface {
 	// FetchDeliveries waits up to wait for at most n jobs.
 	FetchDeliveries(ctx context.Context, n int, wait time.Duration) ([]events.DeliveryJob, error)
 	DeliveryState(ctx context.Context, eventID string) (events.Delivery, bool, error)
+	// SetDeliveryState writes d back over the state DeliveryState read
+	// (d.Revision); events.ErrDeliveryStateChanged when it changed since.
 	SetDeliveryState(ctx context.Context, ev *events.Event, d events.Delivery) error
 	RecordAttempt(ctx context.Context, a events.Attempt) error
 }
