@@ -49,6 +49,7 @@ type App struct {
 	poller    *poller.Poller
 	leases    *lease.Manager
 	control   *control.Bus
+	requests  *control.Requests
 	instances *instance.Service
 	connect   *connect.Service
 	conns     *connector.Registry
@@ -156,6 +157,7 @@ func New(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (*App
 		ClientOptions: marketo.Options{Logger: log, Observe: a.metrics.MarketoCall},
 		ObservePoll:   a.metrics.Poll,
 		Leases:        a.leases,
+		Requests:      a.requests,
 	})
 	a.metrics.Subscriptions(a.broker.Count)
 	a.metrics.PendingDeliveries(func() (int, error) {

@@ -54,6 +54,13 @@ func (a *App) openReplicas(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("app: %w", err)
 	}
+	err = a.evlog.Retry(ctx, "creating the poll requests bucket", func(ctx context.Context) (err error) {
+		a.requests, err = control.OpenRequests(ctx, js, control.RequestsOptions{Replicas: replicas})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("app: %w", err)
+	}
 	a.metrics.Leases(a.leases.Count)
 	return nil
 }
@@ -105,7 +112,11 @@ func (a *App) remoteChange(m control.Message) {
 }
 
 // replicaPoller is pollNow for any replica: the one holding the instance's
-// Marketo lease polls, the others pass the request on to it.
+// Marketo lease polls, the others pass the request on to it. The poller
+// has recorded the request (control.Requests) by then, so that a lease
+// moving meanwhile does not lose it: the next holder finds it when it
+// takes the lease; the control message only makes the holder of the
+// moment act at once.
 type replicaPoller struct{ a *App }
 
 func (p replicaPoller) PollNow(instanceID string) error {

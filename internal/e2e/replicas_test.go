@@ -425,7 +425,7 @@ func TestReplicas(t *testing.T) {
 			t.Fatal(err)
 		}
 		js, _ := jetstream.New(nc)
-		for _, name := range []string{"LEADSTREAM_EVENTS", "KV_leases", "CONTROL"} {
+		for _, name := range []string{"LEADSTREAM_EVENTS", "LEADSTREAM_ATTEMPTS", "KV_leadstream_deliveries", "KV_leadstream_log", "KV_leases", "KV_poll_requests", "CONTROL"} {
 			st, err := js.Stream(context.Background(), name)
 			if err != nil {
 				t.Fatalf("stream %s: %v", name, err)

@@ -46,6 +46,9 @@ type env struct {
 	box    *secrets.Box
 	ing    *events.Ingester
 	broker *events.Broker // fed by the log's tail
+	// pos is where pollers read their last positions: the log unless a
+	// test sets another.
+	pos poller.Positions
 
 	mu     sync.Mutex
 	counts map[string]int // events logged per instance, from the log's tail
@@ -147,7 +150,11 @@ func (e *env) startPoller(o poller.Options) (*poller.Poller, func()) {
 	if o.ClientOptions.CallTimeout == 0 {
 		o.ClientOptions.CallTimeout = 5 * time.Second
 	}
-	p := poller.New(e.st, e.ing, e.log, e.box, marketotest.HTTPClient(), o)
+	var pos poller.Positions = e.log
+	if e.pos != nil {
+		pos = e.pos
+	}
+	p := poller.New(e.st, e.ing, pos, e.box, marketotest.HTTPClient(), o)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()

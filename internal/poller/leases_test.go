@@ -3,43 +3,21 @@ package poller_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/leadstream/leadstream/internal/control"
+	"github.com/leadstream/leadstream/internal/instance"
 	"github.com/leadstream/leadstream/internal/lease"
 	"github.com/leadstream/leadstream/internal/marketo"
 	"github.com/leadstream/leadstream/internal/poller"
+	"github.com/leadstream/leadstream/internal/store"
 )
-
-// leaseJS starts an embedded JetStream server for the test's leases.
-func leaseJS(t *testing.T) jetstream.JetStream {
-	t.Helper()
-	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), DontListen: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
-}
 
 // replica is one poller with its lease manager, as one gateway runs them.
 type replica struct {
@@ -49,12 +27,23 @@ type replica struct {
 	stop   func()
 }
 
-func (e *env) startReplica(js jetstream.JetStream, name string) *replica {
+// replicaOptions vary a replica: its leases' TTL (default 1 s), the
+// polls asked for it keeps (default none).
+type replicaOptions struct {
+	ttl      time.Duration
+	requests poller.Requests
+}
+
+func (e *env) startReplica(js jetstream.JetStream, name string, opts ...replicaOptions) *replica {
 	e.t.Helper()
+	o := replicaOptions{ttl: time.Second}
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	r := &replica{}
 	var p atomic.Pointer[poller.Poller]
 	m, err := lease.Open(context.Background(), js, lease.Options{
-		TTL: time.Second, Owner: name,
+		TTL: o.ttl, Owner: name,
 		OnChange: func() {
 			if p := p.Load(); p != nil {
 				p.Refresh()
@@ -67,6 +56,7 @@ func (e *env) startReplica(js jetstream.JetStream, name string) *replica {
 	r.leases = m
 	pl, stopPoller := e.startPoller(poller.Options{
 		Leases:      m,
+		Requests:    o.requests,
 		ObservePoll: func(string, time.Duration, error) { r.polls.Add(1) },
 	})
 	p.Store(pl)
@@ -94,7 +84,7 @@ func (e *env) startReplica(js jetstream.JetStream, name string) *replica {
 // goes on where it stopped: every activity once.
 func TestOneReplicaPollsEachHost(t *testing.T) {
 	e := newEnv(t)
-	js := leaseJS(t)
+	js := e.log.JetStream() // leases on the log's NATS, as the gateway has them
 	ids := []string{"in-a", "in-b", "in-c"}
 	for _, id := range ids {
 		e.addInstance(id)
@@ -140,3 +130,47 @@ func TestOneReplicaPollsEachHost(t *testing.T) {
 }
 
 func hostOf(e *env) string { return marketo.SubscriptionKey(e.fake.RESTURL()) }
+
+// A pollNow asked of a replica while the instance's lease is on its way to
+// it (the previous holder died, its lease has not expired yet) is made by
+// that replica once it holds the lease, though the instance is not due for
+// an hour; then the request is gone.
+func TestPollNowDuringLeaseMove(t *testing.T) {
+	e := newEnv(t)
+	js := e.log.JetStream()
+	ctx := context.Background()
+	reqs, err := control.OpenRequests(ctx, js, control.RequestsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := e.addInstance("in-a", withConfig(instance.KeyRefreshInterval, "1h"))
+	// Polled a moment ago by a replica that then died holding the lease.
+	now := time.Now().UTC()
+	if err := e.st.SavePollState(ctx, store.PollState{InstanceID: in.ID, LastPollAt: &now, LastSuccessAt: &now}); err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 3 * time.Second
+	dead, err := lease.Open(ctx, js, lease.Options{TTL: ttl, Owner: "dead"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Want([]string{hostOf(e)})
+	dead.Sync(ctx)
+	if !dead.Held(hostOf(e)) {
+		t.Fatal("the first replica did not get the lease")
+	}
+	addLeadActivities(e.fake, 10)
+
+	b := e.startReplica(js, "b", replicaOptions{ttl: ttl, requests: reqs})
+	if err := b.p.PollNow(in.ID); !errors.Is(err, poller.ErrElsewhere) {
+		t.Fatalf("PollNow before the lease moved: %v, want ErrElsewhere", err)
+	}
+	e.waitStored(in.ID, 10, patience)
+	if !b.leases.Held(hostOf(e)) {
+		t.Fatal("the replica polled without the lease")
+	}
+	eventually(t, patience, func() (bool, string) {
+		ids, err := reqs.Pending(ctx)
+		return err == nil && len(ids) == 0, fmt.Sprintf("requests pending after the poll: %v %v", ids, err)
+	})
+}

@@ -79,7 +79,7 @@ func (p *Poller) poll(ctx context.Context, id string, state *store.PollState) (o
 			return o, false, fmt.Errorf("poller: %w", err)
 		}
 	}
-	now := time.Now().UTC()
+	now := p.opts.Clock.Now().UTC()
 	if st.PausedUntil != nil {
 		if now.Before(*st.PausedUntil) {
 			o.pausedUntil = *st.PausedUntil
@@ -97,6 +97,7 @@ func (p *Poller) poll(ctx context.Context, id string, state *store.PollState) (o
 		IdentityURL: set.IdentityURL, RESTURL: set.RESTURL,
 	})
 	o.more, err = p.fetch(ctx, client, in, set, &st)
+	o.logFailed = errors.As(err, new(*logFailure))
 	if ctx.Err() != nil {
 		// Shutting down, or the instance was deleted or disabled: the
 		// pages done are saved, and nothing more is written for it.
@@ -141,7 +142,7 @@ func (p *Poller) poll(ctx context.Context, id string, state *store.PollState) (o
 func (p *Poller) fetch(ctx context.Context, c *marketo.Client, in store.Instance, set instance.Settings, st *store.PollState) (more bool, err error) {
 	pos, logged, err := p.pos.LastPosition(ctx, in.OrgID, in.ID)
 	if err != nil {
-		return false, fmt.Errorf("poller: %w", err)
+		return false, fmt.Errorf("poller: %w", &logFailure{err})
 	}
 	if logged && pos.Seq > st.LogSeq && pos.Next != "" {
 		p.log.Info("poller: the log is ahead of the saved state; continuing from the log", "instance", in.ID)
@@ -197,12 +198,19 @@ func (p *Poller) ingest(ctx context.Context, c *marketo.Client, in store.Instanc
 	pos.Ingested = st.EventsIngested + int64(len(drafts))
 	results, err := p.ing.IngestPage(ctx, drafts, pos)
 	if err != nil {
-		return fmt.Errorf("poller: ingest: %w", err)
+		return fmt.Errorf("poller: ingest: %w", &logFailure{err})
 	}
 	st.EventsIngested = pos.Ingested
 	st.LogSeq = results[len(results)-1].Event.Seq
 	return nil
 }
+
+// logFailure marks a poll's failure as the event log's, which the
+// schedule backs off from (see Options.LogRetryBase).
+type logFailure struct{ err error }
+
+func (e *logFailure) Error() string { return e.err.Error() }
+func (e *logFailure) Unwrap() error { return e.err }
 
 func isLeadType(id int) bool {
 	return id == typeNewLead || id == typeChangeDataValue || id == typeDeleteLead

@@ -30,6 +30,11 @@ const (
 	DefaultMinInterval   = 30 * time.Second
 	DefaultMaxConcurrent = 4
 	DefaultRescanEvery   = 30 * time.Second
+	// A poll that failed because the event log did not answer is retried
+	// after DefaultLogRetryBase, doubling with each further such failure
+	// up to DefaultLogRetryMax (or the instance's interval, if longer).
+	DefaultLogRetryBase = time.Second
+	DefaultLogRetryMax  = 5 * time.Minute
 )
 
 // maxPagesPerPoll bounds one poll so that an instance with a large backlog
@@ -56,6 +61,33 @@ type Leases interface {
 	Want(hosts []string)
 	// Held reports whether this replica polls host now.
 	Held(host string) bool
+}
+
+// Requests keeps the polls asked of a replica that does not hold the
+// instance's lease until a poll of it ran, so that a poll asked for while
+// the lease moves is made by whoever holds it next; *control.Requests has
+// it.
+type Requests interface {
+	Add(ctx context.Context, instanceID string) error
+	Pending(ctx context.Context) ([]string, error)
+	Done(ctx context.Context, instanceID string) error
+}
+
+// Clock is the time the schedule goes by; tests move a fake one by hand.
+type Clock interface {
+	Now() time.Time
+	// NewTimer returns a channel that receives once d has passed on this
+	// clock, and a function that stops the timer.
+	NewTimer(d time.Duration) (<-chan time.Time, func() bool)
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	t := time.NewTimer(d)
+	return t.C, t.Stop
 }
 
 // Store is what the poller needs from the database; *store.Store has it.
@@ -99,6 +131,17 @@ type Options struct {
 	// replica holds; tell the Poller (Refresh) when that set changes. nil
 	// polls every instance (one replica).
 	Leases Leases
+	// Requests, with Leases, records a PollNow for an instance whose lease
+	// another replica holds, and is read at every rescan: a lease taken
+	// over comes with the polls asked of it.
+	Requests Requests
+	// LogRetryBase and LogRetryMax bound the backoff after polls that
+	// failed because the event log did not answer (defaults
+	// DefaultLogRetryBase, DefaultLogRetryMax). Marketo's own failures and
+	// rate limits are not the log's: those polls come at the interval.
+	LogRetryBase, LogRetryMax time.Duration
+	// Clock is what the schedule goes by (default the real time).
+	Clock Clock
 	// Logger gets poll failures; nil discards.
 	Logger *slog.Logger
 	// ObservePoll, when set, is called after every poll that reached
@@ -147,6 +190,15 @@ func New(s Store, ing Ingester, pos Positions, box *secrets.Box, httpClient *htt
 	}
 	if o.RescanEvery <= 0 {
 		o.RescanEvery = DefaultRescanEvery
+	}
+	if o.LogRetryBase <= 0 {
+		o.LogRetryBase = DefaultLogRetryBase
+	}
+	if o.LogRetryMax < o.LogRetryBase {
+		o.LogRetryMax = max(DefaultLogRetryMax, o.LogRetryBase)
+	}
+	if o.Clock == nil {
+		o.Clock = realClock{}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -202,7 +254,9 @@ func (p *Poller) Refresh() { signal(p.refresh) }
 
 // PollNow starts a poll of the instance at once (or right after the one in
 // flight) without waiting for it. It returns an error wrapping
-// ErrNotPollable when the instance is not one the poller polls.
+// ErrNotPollable when the instance is not one the poller polls, and
+// ErrElsewhere when another replica holds its lease (the request is then
+// recorded in Options.Requests for whoever holds the lease next).
 func (p *Poller) PollNow(instanceID string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), pollNowTimeout)
 	defer cancel()
@@ -221,13 +275,18 @@ func (p *Poller) PollNow(instanceID string) error {
 		return fmt.Errorf("%w: %s", ErrNotPollable, reason)
 	}
 	if !p.holds(set) {
+		if p.opts.Requests != nil {
+			if err := p.opts.Requests.Add(ctx, instanceID); err != nil {
+				return fmt.Errorf("poller: poll now: %w", err)
+			}
+		}
 		return ErrElsewhere
 	}
 	st, err := p.store.PollState(ctx, instanceID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("poller: poll now: %w", err)
 	}
-	if st.PausedUntil != nil && time.Now().Before(*st.PausedUntil) {
+	if st.PausedUntil != nil && p.opts.Clock.Now().Before(*st.PausedUntil) {
 		return fmt.Errorf("%w: Marketo's daily API quota is used up; polling resumes at %s",
 			ErrNotPollable, st.PausedUntil.UTC().Format(time.RFC3339))
 	}
@@ -301,8 +360,14 @@ type entry struct {
 	nextAt   time.Time
 	running  bool
 	again    bool // PollNow during a poll: poll again when it ends
-	removed  bool // no longer pollable: dropped when the running poll ends
-	cancel   context.CancelFunc
+	// requested: a recorded request (Options.Requests) is honoured by the
+	// next poll, which then removes it.
+	requested bool
+	// logFailures counts the polls in a row that failed because the
+	// event log did not answer.
+	logFailures int
+	removed     bool // no longer pollable: dropped when the running poll ends
+	cancel      context.CancelFunc
 	// state is the instance's poll state as last saved, nil when unknown
 	// (read from the store at the next poll). The poller is its only
 	// writer, so it need not be read back before every poll.
@@ -313,6 +378,7 @@ type entry struct {
 type outcome struct {
 	e           *entry
 	drop        bool             // the instance is gone or no longer pollable
+	logFailed   bool             // the event log did not answer
 	more        bool             // stopped at maxPagesPerPoll: poll again now
 	pausedUntil time.Time        // daily quota: not before then
 	interval    time.Duration    // from the settings the poll read, 0 if none
@@ -332,15 +398,14 @@ type scheduler struct {
 func (s *scheduler) run(ctx context.Context) {
 	rescan := time.NewTicker(s.p.opts.RescanEvery)
 	defer rescan.Stop()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 
 	s.rescan(ctx)
 	for {
 		s.startDue(ctx)
-		timer.Reset(s.nextWait())
+		timer, stop := s.p.opts.Clock.NewTimer(s.nextWait())
 		select {
 		case <-ctx.Done():
+			stop()
 			s.drain()
 			return
 		case <-s.p.refresh:
@@ -351,8 +416,9 @@ func (s *scheduler) run(ctx context.Context) {
 			s.pollNow(ctx)
 		case o := <-s.done:
 			s.finish(o)
-		case <-timer.C:
+		case <-timer:
 		}
+		stop()
 	}
 }
 
@@ -365,7 +431,7 @@ func (s *scheduler) rescan(ctx context.Context) {
 		}
 		return
 	}
-	now := time.Now()
+	now := s.p.opts.Clock.Now()
 	seen := make(map[string]bool, len(list))
 	hosts := map[string]bool{}
 	defer func() {
@@ -405,6 +471,7 @@ func (s *scheduler) rescan(ctx context.Context) {
 			}
 		}
 	}
+	s.takeRequests(ctx, now)
 	for id, e := range s.entries {
 		if seen[id] {
 			continue
@@ -416,6 +483,32 @@ func (s *scheduler) rescan(ctx context.Context) {
 			continue
 		}
 		delete(s.entries, id)
+	}
+}
+
+// takeRequests moves the instances with a recorded request to the front.
+func (s *scheduler) takeRequests(ctx context.Context, now time.Time) {
+	if s.p.opts.Requests == nil || len(s.entries) == 0 {
+		return
+	}
+	ids, err := s.p.opts.Requests.Pending(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.p.log.Warn("poller: cannot read the polls asked for; they are read again at the next rescan", "err", err)
+		}
+		return
+	}
+	for _, id := range ids {
+		e := s.entries[id]
+		if e == nil || e.removed || e.requested {
+			continue
+		}
+		e.requested = true
+		if e.running {
+			e.again = true
+		} else {
+			e.nextAt = now
+		}
 	}
 }
 
@@ -444,7 +537,7 @@ func (s *scheduler) firstDue(ctx context.Context, id string, iv time.Duration, n
 
 // pollNow moves the instances PollNow asked for to the front.
 func (s *scheduler) pollNow(ctx context.Context) {
-	now := time.Now()
+	now := s.p.opts.Clock.Now()
 	rescanned := false
 	for _, id := range s.p.takeNowQueue() {
 		e := s.entries[id]
@@ -470,7 +563,7 @@ func (s *scheduler) startDue(ctx context.Context) {
 	if free <= 0 {
 		return
 	}
-	now := time.Now()
+	now := s.p.opts.Clock.Now()
 	var due []*entry
 	for _, e := range s.entries {
 		if !e.running && !e.removed && !e.nextAt.After(now) {
@@ -487,10 +580,15 @@ func (s *scheduler) start(ctx context.Context, e *entry) {
 	pctx, cancel := context.WithCancel(ctx)
 	e.running, e.cancel = true, cancel
 	s.running++
-	id, state := e.id, e.state
-	e.state = nil // the poll owns it now
+	id, state, requested := e.id, e.state, e.requested
+	e.state, e.requested = nil, false // the poll owns them now
 	s.wg.Go(func() {
 		o := s.p.pollOnce(pctx, id, state)
+		if requested && pctx.Err() == nil {
+			if err := s.p.opts.Requests.Done(pctx, id); err != nil {
+				s.p.log.Warn("poller: a poll asked for ran but stays recorded; it runs again", "instance", id, "err", err)
+			}
+		}
 		o.e = e // only the scheduler reads it
 		s.done <- o
 	})
@@ -514,7 +612,7 @@ func (s *scheduler) nextWait() time.Duration {
 	if next.IsZero() {
 		return idle
 	}
-	return min(max(time.Until(next), 0), idle)
+	return min(max(next.Sub(s.p.opts.Clock.Now()), 0), idle)
 }
 
 // finish books a poll's end and schedules the instance's next poll.
@@ -539,7 +637,7 @@ func (s *scheduler) finish(o outcome) {
 	if o.interval > 0 {
 		e.interval = o.interval
 	}
-	now := time.Now()
+	now := s.p.opts.Clock.Now()
 	next := now.Add(jitter(e.interval))
 	if e.again || o.more {
 		next, e.again = now, false
@@ -547,7 +645,28 @@ func (s *scheduler) finish(o outcome) {
 	if o.pausedUntil.After(next) {
 		next = o.pausedUntil
 	}
+	// A log that does not answer is not asked again and again: the
+	// instance waits a backoff that grows with each such failure.
+	if o.logFailed {
+		e.logFailures++
+		if t := now.Add(s.p.logBackoff(e.logFailures)); t.After(next) {
+			next = t
+		}
+	} else {
+		e.logFailures = 0
+	}
 	e.nextAt = next
+}
+
+// logBackoff is the wait after the n-th poll in a row that failed because
+// the event log did not answer: LogRetryBase doubled n-1 times, at most
+// LogRetryMax.
+func (p *Poller) logBackoff(n int) time.Duration {
+	d := p.opts.LogRetryBase
+	for i := 1; i < n && d < p.opts.LogRetryMax; i++ {
+		d *= 2
+	}
+	return min(d, p.opts.LogRetryMax)
 }
 
 // drain cancels the polls in flight and waits for them.
