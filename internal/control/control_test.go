@@ -3,34 +3,22 @@ package control_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/leadstream/leadstream/internal/control"
+	"github.com/leadstream/leadstream/internal/eventlog/eventlogtest"
 )
 
-func embedded(t *testing.T) *server.Server {
+// replica is one process's bus, on a connection of its own to the NATS
+// server at url.
+func replica(t *testing.T, url, name string) *control.Bus {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), DontListen: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
-	return ns
-}
-
-// replica is one process's bus, on a connection of its own.
-func replica(t *testing.T, ns *server.Server, name string) *control.Bus {
-	t.Helper()
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
+	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,8 +54,8 @@ func run(t *testing.T, b *control.Bus) <-chan control.Message {
 // second, messages sent between Open and Run included; the sender does not
 // receive its own.
 func TestBroadcast(t *testing.T) {
-	ns := embedded(t)
-	a, b, c := replica(t, ns, "a"), replica(t, ns, "b"), replica(t, ns, "c")
+	url := eventlogtest.StartServer(t)
+	a, b, c := replica(t, url, "a"), replica(t, url, "b"), replica(t, url, "c")
 	ctx := context.Background()
 	// Sent before b and c run: still theirs.
 	if err := a.Publish(ctx, control.Message{Kind: control.InstanceUpdated, InstanceID: "early"}); err != nil {
@@ -134,5 +122,48 @@ func recv(t *testing.T, ch <-chan control.Message) control.Message {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no control message within 5 s")
 		return control.Message{}
+	}
+}
+
+// Poll requests are kept per instance, any id, until done, and seen by
+// every replica of the cluster.
+func TestRequests(t *testing.T) {
+	url := eventlogtest.StartServer(t)
+	ctx := context.Background()
+	open := func() *control.Requests {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		r, err := control.OpenRequests(ctx, js, control.RequestsOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a, b := open(), open()
+	if ids, err := b.Pending(ctx); len(ids) != 0 || err != nil {
+		t.Fatalf("pending before any request: %v %v", ids, err)
+	}
+	for _, id := range []string{"in-1", "in 2/with:odd.chars", "in-1"} {
+		if err := a.Add(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids, err := b.Pending(ctx)
+	slices.Sort(ids)
+	if fmt.Sprint(ids) != "[in 2/with:odd.chars in-1]" || err != nil {
+		t.Fatalf("pending: %q %v", ids, err)
+	}
+	if err := b.Done(ctx, "in-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Done(ctx, "never asked"); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := a.Pending(ctx); fmt.Sprint(ids) != "[in 2/with:odd.chars]" || err != nil {
+		t.Fatalf("pending after one is done: %q %v", ids, err)
 	}
 }

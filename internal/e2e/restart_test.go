@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -27,8 +26,6 @@ type gatewayProc struct {
 	logs *bytes.Buffer
 	mu   *sync.Mutex
 }
-
-const procAuth = "User usr_proc_secret_1, Organization org_proc_secret_1"
 
 var buildOnce sync.Once
 var builtBinary string
@@ -83,7 +80,7 @@ func startProc(t *testing.T, dataDir, addr string) *gatewayProc {
 			return p
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("gateway process did not start: %v\n%s", err, p.logs)
+			t.Fatalf("gateway process did not start: %v\n%s", err, p.log())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -91,25 +88,13 @@ func startProc(t *testing.T, dataDir, addr string) *gatewayProc {
 
 func (p *gatewayProc) gql(t *testing.T, query string, vars map[string]any, out any) {
 	t.Helper()
-	body, _ := json.Marshal(map[string]any{"query": query, "variables": vars})
-	req, _ := http.NewRequest(http.MethodPost, p.url+"/graphql", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", procAuth)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Data   json.RawMessage
-		Errors []any
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || len(r.Errors) > 0 {
-		t.Fatalf("graphql: %v %v", err, r.Errors)
-	}
-	if out != nil {
-		_ = json.Unmarshal(r.Data, out)
-	}
+	gql(t, p.url, p.log, query, vars, out)
+}
+
+func (p *gatewayProc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
 }
 
 // ingested is the poller's own count of stored activities: a cheap read,
@@ -131,28 +116,7 @@ func (p *gatewayProc) ingested(t *testing.T, id string) int {
 // storedEvents pages through every stored event of an instance.
 func (p *gatewayProc) storedEvents(t *testing.T, id string) []map[string]any {
 	t.Helper()
-	var all []map[string]any
-	after := ""
-	for {
-		var out struct {
-			Events struct {
-				Edges []struct {
-					Cursor string
-					Node   map[string]any
-				}
-				PageInfo struct{ HasNextPage bool }
-			}
-		}
-		p.gql(t, `query($id: ID!, $a: String) { events(instanceId: $id, after: $a, first: 500) { edges { cursor node { cursor payload } } pageInfo { hasNextPage } } }`,
-			map[string]any{"id": id, "a": after}, &out)
-		for _, e := range out.Events.Edges {
-			all = append(all, e.Node)
-			after = e.Cursor
-		}
-		if !out.Events.PageInfo.HasNextPage {
-			return all
-		}
-	}
+	return allEvents(t, p.url, p.log, id, "cursor payload")
 }
 
 func freeAddr(t *testing.T) string {
@@ -194,7 +158,7 @@ func TestPollerSurvivesRestarts(t *testing.T) {
 			for before < 300 {
 				before = p.ingested(t, id)
 				if time.Now().After(deadline) {
-					t.Fatalf("poller never got going:\n%s", p.logs)
+					t.Fatalf("poller never got going:\n%s", p.log())
 				}
 				time.Sleep(50 * time.Millisecond)
 			}

@@ -8,36 +8,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/leadstream/leadstream/internal/eventlog/eventlogtest"
 	"github.com/leadstream/leadstream/internal/lease"
 )
 
-// embedded starts a JetStream server in the test with its files in a
-// temporary directory and returns a JetStream context on it.
+// embedded returns a JetStream context on an embedded event log in a
+// temporary directory, as the gateway's leases have.
 func embedded(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), DontListen: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
+	return eventlogtest.New(t).JetStream()
 }
 
 // fakeClock is a clock a test moves by hand.
