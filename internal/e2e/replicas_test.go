@@ -534,7 +534,6 @@ func TestReplicas(t *testing.T) {
 	checkOnce(t, "history", gs[alive[0]].history(t, hooks), acked)
 	t.Logf("%d webhooks acknowledged, each received once by the surviving subscribers and stored once", len(acked))
 
-
 	// Phase 3: every polled activity once per instance, within the limits.
 	waitUntil(t, 60*time.Second, "every instance to ingest every activity", func() bool {
 		for _, id := range polled {
