@@ -62,8 +62,11 @@ func (p *Poller) poll(ctx context.Context, id string, state *store.PollState) (o
 	if err != nil {
 		return outcome{drop: true}, false, fmt.Errorf("poller: %w", err)
 	}
-	if notPollable(in, set) != "" || !p.holds(set) {
+	if notPollable(in, set) != "" {
 		return outcome{drop: true}, false, nil
+	}
+	if !p.holds(set) {
+		return outcome{drop: true, elsewhere: true}, false, nil
 	}
 	o.interval = p.interval(set)
 

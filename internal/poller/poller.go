@@ -379,6 +379,7 @@ type outcome struct {
 	e           *entry
 	drop        bool             // the instance is gone or no longer pollable
 	logFailed   bool             // the event log did not answer
+	elsewhere   bool             // not polled: another replica holds the lease
 	more        bool             // stopped at maxPagesPerPoll: poll again now
 	pausedUntil time.Time        // daily quota: not before then
 	interval    time.Duration    // from the settings the poll read, 0 if none
@@ -584,7 +585,9 @@ func (s *scheduler) start(ctx context.Context, e *entry) {
 	e.state, e.requested = nil, false // the poll owns them now
 	s.wg.Go(func() {
 		o := s.p.pollOnce(pctx, id, state)
-		if requested && pctx.Err() == nil {
+		// A request stays for the replica that polls when this one lost
+		// the lease before the poll started.
+		if requested && pctx.Err() == nil && !o.elsewhere {
 			if err := s.p.opts.Requests.Done(pctx, id); err != nil {
 				s.p.log.Warn("poller: a poll asked for ran but stays recorded; it runs again", "instance", id, "err", err)
 			}
