@@ -191,7 +191,7 @@ func renderKey(oc *graphql.OperationContext, orgID string) string {
 }
 
 // Exec runs queries and mutations as generated. A subscription (over SSE:
-// the websocket transport calls Open itself) reads the stream's channel and
+// the websocket transport calls Open itself) reads the stream and
 // renders each event; an error that ends the stream is its last response.
 func (s *Schema) Exec(ctx context.Context) graphql.ResponseHandler {
 	oc := graphql.GetOperationContext(ctx)
@@ -213,23 +213,19 @@ func (s *Schema) Exec(ctx context.Context) graphql.ResponseHandler {
 		if ended {
 			return nil // complete; the stream closes with the request's ctx
 		}
-		select {
-		case ev, ok := <-es.C:
-			if !ok {
-				return nil
-			}
-			if ev == nil {
-				return &graphql.Response{Errors: gqlerror.List{s.present(ctx, es.Err())}}
-			}
-			data, err := st.Render(ev)
-			if err != nil {
-				ended = true
-				return &graphql.Response{Errors: gqlerror.List{s.present(ctx, err)}}
-			}
-			return &graphql.Response{Data: data}
-		case <-ctx.Done():
+		ev, err := es.Next(ctx)
+		if err != nil {
+			return &graphql.Response{Errors: gqlerror.List{s.present(ctx, err)}}
+		}
+		if ev == nil {
 			return nil
 		}
+		data, err := st.Render(ev)
+		if err != nil {
+			ended = true
+			return &graphql.Response{Errors: gqlerror.List{s.present(ctx, err)}}
+		}
+		return &graphql.Response{Data: data}
 	}
 }
 

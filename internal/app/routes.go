@@ -240,8 +240,8 @@ func (a *App) graphqlHandler() http.Handler {
 	exec.AroundOperations(graph.TimeLimit)
 	exec.SetRecoverFunc(recoverFn)
 	a.ws = subscribe.New(subscribe.Options{
-		Exec: exec, Streams: schema, Auth: a.auth, Throttle: a.failures, Broker: a.broker,
-		Replay:  events.Streamer{Broker: a.broker, History: a.evlog},
+		Exec: exec, Streams: schema, Auth: a.auth, Throttle: a.failures,
+		Events:  events.Streamer{Broker: a.broker, History: a.evlog},
 		Present: present, Log: a.log,
 		InitTimeout:                a.cfg.WebsocketInitTimeout,
 		KeepAlive:                  a.cfg.WebsocketKeepAlive,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrSlowSubscriber ends a subscription that fell behind its buffer. The
@@ -78,12 +79,23 @@ type Subscription struct {
 	// slow-subscriber error (what was taken is delivered before it shows).
 	lastSeq      int64
 	lastInstance string
+	// While a Replay catches the subscription up from the log, the broker
+	// holds its live events in held instead of offering them (catching);
+	// more than the buffer size sets overflow and ends it as slow.
+	catching bool
+	held     []*Event
+	overflow atomic.Bool
+	done     atomic.Bool // ended: a Replay stops
 }
 
 // Attach registers sink for the events f chooses. Close the subscription
 // when done.
 func (b *Broker) Attach(f Filter, sink Sink) *Subscription {
-	s := &Subscription{sink: sink, broker: b, filter: f}
+	return b.attach(f, sink, false)
+}
+
+func (b *Broker) attach(f Filter, sink Sink, catching bool) *Subscription {
+	s := &Subscription{sink: sink, broker: b, filter: f, catching: catching}
 	b.mu.Lock()
 	m, key := b.byOrg, f.OrgID
 	if f.InstanceID != "" {
@@ -100,11 +112,16 @@ func (b *Broker) Attach(f Filter, sink Sink) *Subscription {
 // Subscribe registers a subscription whose events arrive on C, at most
 // the broker's buffer size ahead of the reader. Close it when done.
 func (b *Broker) Subscribe(f Filter) *Subscription {
-	// One slot more than the buffer is kept free for the ending nil.
-	ch := make(chan *Event, b.bufSize+1)
-	s := b.Attach(f, chanSink{ch: ch, size: b.bufSize})
+	sink, ch := b.newChanSink()
+	s := b.Attach(f, sink)
 	s.C = ch
 	return s
+}
+
+func (b *Broker) newChanSink() (chanSink, chan *Event) {
+	// One slot more than the buffer is kept free for the ending nil.
+	ch := make(chan *Event, b.bufSize+1)
+	return chanSink{ch: ch, size: b.bufSize}, ch
 }
 
 // chanSink is the channel form of a subscription.
@@ -142,11 +159,20 @@ func (s *Subscription) Close() {
 	s.endLocked(nil)
 }
 
+// end ends the subscription with err.
+func (s *Subscription) end(err error) {
+	s.broker.mu.Lock()
+	defer s.broker.mu.Unlock()
+	s.endLocked(err)
+}
+
 func (s *Subscription) endLocked(err error) {
 	if s.closed {
 		return
 	}
 	s.closed = true
+	s.done.Store(true)
+	s.held = nil
 	m, key := s.broker.byOrg, s.filter.OrgID
 	if s.filter.InstanceID != "" {
 		m, key = s.broker.byInstance, s.filter.InstanceID
@@ -189,6 +215,15 @@ func (b *Broker) publishLocked(e *Event) {
 }
 
 func (b *Broker) offer(s *Subscription, e *Event) {
+	if s.catching {
+		if len(s.held) >= b.bufSize {
+			s.overflow.Store(true)
+			s.held = nil // the Replay ends it: nothing held is delivered
+		} else if !s.overflow.Load() {
+			s.held = append(s.held, e)
+		}
+		return
+	}
 	if !s.sink.Offer(e) {
 		cur := ""
 		if s.lastSeq > 0 {

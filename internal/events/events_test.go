@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,25 +172,171 @@ func TestStreamReplayThenLive(t *testing.T) {
 			}
 		}
 	}()
-	want := int64(11)
-	for want <= 100 {
-		select {
-		case e := <-st.C:
-			if e == nil || e.Seq != want {
-				t.Fatalf("got %+v, want seq %d (err %v)", e, want, st.Err())
-			}
-			want++
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stuck waiting for seq %d", want)
+	for want := int64(11); want <= 100; want++ {
+		if e := next(t, st); e.Seq != want {
+			t.Fatalf("got seq %d, want %d", e.Seq, want)
 		}
 	}
 	cancel()
-	for range st.C { // drains, then closes
+	if e, err := st.Next(sctx); e != nil || err != nil {
+		t.Fatalf("after cancel: %v, %v", e, err)
 	}
-	waitNoStreamGoroutines(t)
-	if b.Count() != 0 {
-		t.Fatalf("%d broker subscriptions left", b.Count())
+	waitCount(t, b, 0)
+}
+
+// next waits for st's next event.
+func next(t *testing.T, st *events.Stream) *events.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e, err := st.Next(ctx)
+	if e == nil {
+		t.Fatalf("no event: %v", err)
 	}
+	return e
+}
+
+// waitCount waits until b has n subscriptions.
+func waitCount(t *testing.T, b *events.Broker, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); b.Count() != n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d subscriptions, want %d", b.Count(), n)
+		}
+	}
+}
+
+// sink records what the broker offers.
+type sink struct {
+	mu    sync.Mutex
+	got   []int64
+	ended []error
+	room  int // events it takes (0: any)
+}
+
+func (s *sink) Offer(e *events.Event) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.room > 0 && len(s.got) >= s.room {
+		return false
+	}
+	s.got = append(s.got, e.Seq)
+	return true
+}
+
+func (s *sink) End(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ended = append(s.ended, err)
+}
+
+func (s *sink) seen() ([]int64, []error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.got), slices.Clone(s.ended)
+}
+
+// ingestSeen ingests n events, each once a plain live subscription
+// (witness) got the one before: the broker offered them to every
+// subscription when it returns.
+func ingestSeen(t *testing.T, in *events.Ingester, witness *events.Subscription, n int) {
+	t.Helper()
+	for range n {
+		r, err := in.Ingest(context.Background(), draft("i1", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case e := <-witness.C:
+			if e == nil || e.Seq != r.Event.Seq {
+				t.Fatalf("witness got %v, want %d", e, r.Event.Seq)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("event %d never published", r.Event.Seq)
+		}
+	}
+}
+
+// A replaying subscription holds the live events published while it reads
+// the log: the ones the log had too are dropped, the others delivered in
+// order after the log's, then it is a plain sink the broker offers to.
+func TestReplayHeldEvents(t *testing.T) {
+	b := events.NewBroker(64)
+	in, l := pipeline(t, b)
+	f := events.Filter{OrgID: "o1", InstanceID: "i1"}
+	witness := b.Subscribe(f)
+	ingestSeen(t, in, witness, 60)
+	ctx := context.Background()
+	sk := &sink{}
+	sub, rp, err := events.Streamer{Broker: b, History: l, PageSize: 25}.Attach(ctx, f, events.FormatCursor(10), sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	var replayed []int64
+	for {
+		e := rp.Next(ctx)
+		if e == nil {
+			if !rp.Live() {
+				continue
+			}
+			break
+		}
+		replayed = append(replayed, e.Seq)
+		switch e.Seq {
+		case 11: // the log is read up to 35: 61-65 will be both read and held
+			ingestSeen(t, in, witness, 5)
+		case 65: // read last: 66-68 are only held
+			ingestSeen(t, in, witness, 3)
+		}
+	}
+	if got, ended := sk.seen(); len(got) != 0 || len(ended) != 0 {
+		t.Fatalf("offered %v (ended %v) before it was live", got, ended)
+	}
+	ingestSeen(t, in, witness, 2)
+	var want []int64
+	for i := int64(11); i <= 68; i++ {
+		want = append(want, i)
+	}
+	if !slices.Equal(replayed, want) {
+		t.Fatalf("replayed %v, want 11-68 once each in order", replayed)
+	}
+	if got, ended := sk.seen(); !slices.Equal(got, []int64{69, 70}) || len(ended) != 0 {
+		t.Fatalf("live %v (ended %v), want [69 70]", got, ended)
+	}
+}
+
+// More live events than the broker's buffer while replaying end the
+// subscription as slow, naming the last event the replay handed out.
+func TestReplayOverflow(t *testing.T) {
+	b := events.NewBroker(4)
+	in, l := pipeline(t, b)
+	f := events.Filter{OrgID: "o1", InstanceID: "i1"}
+	witness := b.Subscribe(f)
+	ingestSeen(t, in, witness, 3)
+	ctx := context.Background()
+	sk := &sink{}
+	sub, rp, err := events.Streamer{Broker: b, History: l}.Attach(ctx, f, events.FormatCursor(1), sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if e := rp.Next(ctx); e == nil || e.Seq != 2 {
+		t.Fatalf("first replayed %v", e)
+	}
+	ingestSeen(t, in, witness, 5)
+	if e := rp.Next(ctx); e != nil {
+		t.Fatalf("replayed %d after the overflow", e.Seq)
+	}
+	if !rp.Live() {
+		t.Fatal("an ended replay is not done")
+	}
+	_, ended := sk.seen()
+	var se *events.SlowError
+	if len(ended) != 1 || !errors.As(ended[0], &se) || se.LastCursor != events.FormatCursor(2) || se.InstanceID != "i1" {
+		t.Fatalf("ended with %v, want a slow error at cursor 2", ended)
+	}
+	waitCount(t, b, 1) // the witness
 }
 
 // A live-only stream needs no goroutine of its own and is freed when its
@@ -221,24 +367,6 @@ func TestLiveStreamFreedOnCancel(t *testing.T) {
 	}
 }
 
-// waitNoStreamGoroutines waits until no goroutine started by Streamer.Open is
-// left (the store's own connection goroutines come and go on their own).
-func waitNoStreamGoroutines(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		buf := make([]byte, 1<<20)
-		stacks := string(buf[:runtime.Stack(buf, true)])
-		if !strings.Contains(stacks, "events.Streamer") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a stream goroutine outlived its subscription:\n%s", stacks)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // Without an instance, after resumes the whole organization exactly:
 // every instance's events above the cursor, then live ones, none twice.
 func TestStreamOrgWideReplay(t *testing.T) {
@@ -263,12 +391,8 @@ func TestStreamOrgWideReplay(t *testing.T) {
 	}
 	var got []string
 	for len(got) < 4 {
-		select {
-		case e := <-st.C:
-			got = append(got, fmt.Sprint(e.InstanceID, ":", e.Seq))
-		case <-time.After(5 * time.Second):
-			t.Fatalf("got only %v", got)
-		}
+		e := next(t, st)
+		got = append(got, fmt.Sprint(e.InstanceID, ":", e.Seq))
 	}
 	want := []string{"i2:4", "i1:5", "i2:6", "i2:7"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -305,12 +429,7 @@ func TestStreamFilters(t *testing.T) {
 	}
 	var got []int64
 	for len(got) < 3 {
-		select {
-		case e := <-st.C:
-			got = append(got, e.Seq)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("got only %v", got)
-		}
+		got = append(got, next(t, st).Seq)
 	}
 	if fmt.Sprint(got) != "[1 4 7]" {
 		t.Fatalf("got %v, want [1 4 7]", got)

@@ -6,7 +6,9 @@
 // keeps connections and events cheap:
 //
 //   - one goroutine per connection, its reader; a live subscription is a
-//     sink the broker calls, not a goroutine;
+//     sink the broker calls, not a goroutine; one with after has a
+//     goroutine while it replays from the log (events.Replay), then is a
+//     sink like the others;
 //   - one keep-alive timer for all connections;
 //   - a bounded queue of frames per connection, written by a goroutine that
 //     exists only while the queue is not empty, all frames it drained with
@@ -80,14 +82,10 @@ type Throttle interface {
 	Fail(client string)
 }
 
-// Broker hands live events to sinks.
-type Broker interface {
-	Attach(f events.Filter, sink events.Sink) *events.Subscription
-}
-
-// Replayer opens streams that start with stored events (events.Streamer).
-type Replayer interface {
-	Open(ctx context.Context, f events.Filter, after string) (*events.Stream, error)
+// Events attaches sinks to live events, after a replay from the log when
+// after is set (events.Streamer).
+type Events interface {
+	Attach(ctx context.Context, f events.Filter, after string, sink events.Sink) (*events.Subscription, *events.Replay, error)
 }
 
 // Options configure a Server. Zero durations and sizes take the defaults.
@@ -100,8 +98,7 @@ type Options struct {
 	// (throttle.ClientKey), and closes connection_inits from a blocked
 	// address with 4429 and RATE_LIMITED.
 	Throttle Throttle
-	Broker   Broker
-	Replay   Replayer
+	Events   Events
 	Present  graphql.ErrorPresenterFunc
 	Log      *slog.Logger
 
@@ -450,31 +447,34 @@ func (c *conn) enqueue(f frame, force bool) bool {
 	return true
 }
 
-// enqueueWait queues an event frame, waiting for room (replays and
-// results of queries, which have a goroutine to wait on).
-func (c *conn) enqueueWait(ctx context.Context, f frame) bool {
+// enqueueWait queues f once fewer than room event frames are queued, if f
+// is an event (replays and results of queries, which have a goroutine to
+// wait on); a nil f only waits for that.
+func (c *conn) enqueueWait(ctx context.Context, f *frame, room int) bool {
 	for {
 		c.mu.Lock()
-		if c.closing || (f.op != nil && f.op.stopped.Load()) {
+		if c.closing || (f != nil && f.op != nil && (f.op.stopped.Load() || f.op.ended)) {
 			c.mu.Unlock()
 			return false
 		}
-		if f.r == nil || c.events < c.s.o.QueueSize {
-			if f.r != nil {
-				c.events++
+		if (f != nil && f.r == nil) || c.events < room {
+			if f != nil {
+				if f.r != nil {
+					c.events++
+				}
+				c.queue = append(c.queue, *f)
+				c.startWriterLocked()
 			}
-			c.queue = append(c.queue, f)
-			c.startWriterLocked()
 			c.mu.Unlock()
 			return true
 		}
 		if c.room == nil {
 			c.room = make(chan struct{})
 		}
-		room := c.room
+		wait := c.room
 		c.mu.Unlock()
 		select {
-		case <-room:
+		case <-wait:
 		case <-ctx.Done():
 			return false
 		}
@@ -963,20 +963,21 @@ func (c *conn) start(id string, payload json.RawMessage) {
 	c.ops[id] = o
 	c.subs++
 	c.mu.Unlock()
-	if st.After == "" {
-		o.sub = c.s.o.Broker.Attach(st.Filter, o)
+	rctx, cancel := context.WithCancel(c.who)
+	sub, rp, err := c.s.o.Events.Attach(rctx, st.Filter, st.After, o)
+	if err != nil {
+		cancel()
+		o.End(err)
 		return
 	}
-	rctx, cancel := context.WithCancel(c.who)
-	o.cancel = cancel
-	es, err := c.s.o.Replay.Open(rctx, st.Filter, st.After)
-	if err != nil {
-		o.End(err)
+	o.sub = sub
+	if rp == nil {
 		cancel()
 		return
 	}
+	o.cancel = cancel
 	c.s.wg.Add(1)
-	go c.replay(rctx, o, es)
+	go c.replay(rctx, o, rp)
 }
 
 func (c *conn) countSubs() int {
@@ -1010,7 +1011,7 @@ func (c *conn) runOnce(ctx context.Context, o *op, oc *graphql.OperationContext)
 				c.s.o.Log.Error("websocket: encode a response", "err", err)
 				break
 			}
-			if !c.enqueueWait(ctx, frame{op: o, raw: c.msg(o, c.nextType(), b)}) {
+			if !c.enqueueWait(ctx, &frame{op: o, raw: c.msg(o, c.nextType(), b)}, c.s.o.QueueSize) {
 				return
 			}
 		}
@@ -1030,26 +1031,29 @@ func (c *conn) nextType() string {
 	return "next"
 }
 
-// replay moves a stream that starts with stored events into the queue,
-// waiting for room.
-func (c *conn) replay(ctx context.Context, o *op, es *events.Stream) {
+// replay moves the logged events of a subscription with after into the
+// queue, waiting for room, and returns once the subscription is live: from
+// then on it is a sink like any other, with no goroutine of its own.
+func (c *conn) replay(ctx context.Context, o *op, rp *events.Replay) {
 	defer c.s.wg.Done()
 	for {
-		select {
-		case ev, ok := <-es.C:
-			if !ok {
-				return
-			}
-			if ev == nil {
-				o.End(es.Err())
-				return
-			}
+		if ev := rp.Next(ctx); ev != nil {
 			r := o.g.retain(ev)
-			if !c.enqueueWait(ctx, frame{op: o, r: r}) {
+			if !c.enqueueWait(ctx, &frame{op: o, r: r}, c.s.o.QueueSize) {
 				r.release()
 				return
 			}
-		case <-ctx.Done():
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		// Caught up. Live events are refused when the queue is full: go
+		// live with room for them, not straight after filling it.
+		if !c.enqueueWait(ctx, nil, c.s.o.QueueSize/2+1) {
+			return
+		}
+		if rp.Live() {
 			return
 		}
 	}

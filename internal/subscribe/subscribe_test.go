@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/leadstream/leadstream/internal/app/apptest"
+	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/marketo/marketotest"
 )
 
@@ -409,6 +410,72 @@ func TestOneGoroutinePerIdleConnection(t *testing.T) {
 	after := settledGoroutines()
 	if per := float64(after-before) / n; per > 1.05 {
 		t.Fatalf("%d goroutines for %d idle subscriptions (%.2f each), want at most 1 each", after-before, n, per)
+	}
+}
+
+// TestCaughtUpSubscriptionsCostNoGoroutine: a subscription with after has a
+// goroutine while it replays; once caught up it costs its connection's
+// reader and nothing else, and takes live events like any other.
+func TestCaughtUpSubscriptionsCostNoGoroutine(t *testing.T) {
+	fm := marketotest.New()
+	t.Cleanup(fm.Close)
+	fm.AddClient("cid", "csecret")
+	g := apptest.Start(t, "", nil)
+	var out struct {
+		CreateInstance struct{ ID, WebhookURL string }
+	}
+	g.MustDo(t, apptest.AuthA, `mutation($in: CreateInstanceInput!) { createInstance(input: $in) { id webhookUrl } }`, map[string]any{"in": map[string]any{
+		"connector": map[string]any{"key": "marketo"}, "name": "replay", "configuration": map[string]any{
+			"oauth.api.key": "cid", "oauth.api.secret": "csecret",
+			"marketo.identity.url": fm.IdentityURL(), "marketo.rest.url": fm.RESTURL(),
+		}}}, &out)
+	post := func(i int) {
+		t.Helper()
+		if st, _ := apptest.Post(t, out.CreateInstance.WebhookURL, "application/json", []byte(fmt.Sprintf(`{"n":%d}`, i)), nil); st != 202 {
+			t.Fatalf("webhook: status %d", st)
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		post(i)
+	}
+	q := `subscription($after: String) { marketoEvents(after: $after) { cursor } }`
+	after := map[string]any{"after": events.FormatCursor(1)}
+	replayed := func(c *client, from, to int) {
+		t.Helper()
+		for want := from; want <= to; want++ {
+			f := c.expect("next")
+			var p struct {
+				Data struct{ MarketoEvents struct{ Cursor string } }
+			}
+			if err := json.Unmarshal(f.Payload, &p); err != nil || p.Data.MarketoEvents.Cursor != events.FormatCursor(int64(want)) {
+				t.Fatalf("got %s, want cursor %d", f.Payload, want)
+			}
+		}
+	}
+	warm := dial(t, g, "graphql-transport-ws", nil)
+	warm.init(apptest.AuthA)
+	warm.send(subscribeMsg(false, "1", q, after))
+	replayed(warm, 2, 3)
+	g.WaitSubscriptions(t, 1)
+	before := settledGoroutines()
+	const n = 50
+	var clients []*client
+	for i := range n {
+		c := dial(t, g, "graphql-transport-ws", nil)
+		c.init(apptest.AuthA)
+		c.send(subscribeMsg(false, fmt.Sprint(i), q, after))
+		clients = append(clients, c)
+	}
+	for _, c := range clients {
+		replayed(c, 2, 3)
+	}
+	g.WaitSubscriptions(t, n+1)
+	if got := settledGoroutines(); float64(got-before)/n > 1.05 {
+		t.Fatalf("%d goroutines for %d caught-up subscriptions, want at most 1 each (their readers)", got-before, n)
+	}
+	post(4)
+	for _, c := range append(clients, warm) {
+		replayed(c, 4, 4)
 	}
 }
 
