@@ -84,6 +84,7 @@ type Subscription struct {
 	// more than the buffer size sets overflow and ends it as slow.
 	catching bool
 	held     []*Event
+	replayed int64 // the last event a replay sent, once live
 	overflow atomic.Bool
 	done     atomic.Bool // ended: a Replay stops
 }
@@ -222,6 +223,11 @@ func (b *Broker) offer(s *Subscription, e *Event) {
 		} else if !s.overflow.Load() {
 			s.held = append(s.held, e)
 		}
+		return
+	}
+	if e.Seq <= s.replayed {
+		// The replay sent it: the live tail publishes in the log's order
+		// and may still be publishing what the replay read.
 		return
 	}
 	if !s.sink.Offer(e) {

@@ -515,3 +515,42 @@ func TestBrokerWants(t *testing.T) {
 		t.Error("closed subscriptions still want events")
 	}
 }
+
+// The live tail may publish an event after a replay read it from the log:
+// once live, the subscription drops what the replay sent.
+func TestReplayThenLateTail(t *testing.T) {
+	b := events.NewBroker(64)
+	l := eventlogtest.New(t)
+	in := events.NewIngester(l, events.IngesterOptions{}) // no tail: published by hand, late
+	t.Cleanup(in.Close)
+	ctx := context.Background()
+	var evs []*events.Event
+	ingest := func() {
+		r, err := in.Ingest(ctx, draft("i1", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, r.Event)
+	}
+	for range 3 {
+		ingest()
+	}
+	sk := &sink{}
+	sub, rp, err := events.Streamer{Broker: b, History: l}.Attach(ctx, events.Filter{OrgID: "o1"}, events.FormatCursor(0), sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	var replayed []int64
+	for e := rp.Next(ctx); e != nil; e = rp.Next(ctx) {
+		replayed = append(replayed, e.Seq)
+	}
+	if !rp.Live() || !slices.Equal(replayed, []int64{1, 2, 3}) {
+		t.Fatalf("replayed %v", replayed)
+	}
+	ingest()
+	b.PublishAll(evs)
+	if got, _ := sk.seen(); !slices.Equal(got, []int64{4}) {
+		t.Fatalf("live got %v, want [4]", got)
+	}
+}

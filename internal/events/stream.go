@@ -128,7 +128,7 @@ func (r *Replay) Live() bool {
 		return false
 	}
 	s.catching, s.held = false, nil
-	s.lastSeq, s.lastInstance = r.last, r.lastInstance
+	s.lastSeq, s.lastInstance, s.replayed = r.last, r.lastInstance, r.last
 	return true
 }
 
