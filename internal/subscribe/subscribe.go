@@ -22,13 +22,18 @@
 //
 // Close codes: 4400 a message this protocol does not define or a malformed
 // one, 4401 an operation before the connection was acknowledged or missing
-// or wrong credentials, 4403 credentials that are not allowed here, 4408 no
-// connection_init within the init timeout, 4409 (graphql-transport-ws) an
-// operation id already in use, 4429 a second connection_init
-// (graphql-transport-ws), the organization's cap on connections reached
-// (LIMIT_EXCEEDED in the reason) or a connection_init from an address
-// throttled for failed authentications (RATE_LIMITED in the reason), 4499 the gateway shutting down, 4500 an
-// internal failure. graphql-ws retries none of 4400, 4401, 4409 and 4429.
+// or wrong credentials, 4403 credentials refused with a code other than
+// UNAUTHENTICATED (the authenticator returns none today: an Element token
+// beside another organization's credentials is UNAUTHENTICATED, as over
+// HTTP), 4408 no connection_init within the init timeout, 4409
+// (graphql-transport-ws) an operation id already in use, 4429 a second
+// connection_init (graphql-transport-ws), the organization's cap on
+// connections reached (LIMIT_EXCEEDED in the reason) or a connection_init
+// from an address throttled for failed authentications (RATE_LIMITED in the
+// reason), 4499 the gateway shutting down or a graphql-transport-ws peer
+// that stopped answering pings, 4500 an internal failure (the credentials
+// could not be checked: the store failed). graphql-ws retries none of 4400,
+// 4401, 4409 and 4429.
 package subscribe
 
 import (

@@ -15,6 +15,7 @@ import (
 	"github.com/leadstream/leadstream/internal/app/apptest"
 	"github.com/leadstream/leadstream/internal/events"
 	"github.com/leadstream/leadstream/internal/marketo/marketotest"
+	"github.com/leadstream/leadstream/internal/store"
 )
 
 // The websocket transport driven frame by frame against the running
@@ -175,6 +176,17 @@ func TestCloseCodes(t *testing.T) {
 			c.init(apptest.AuthA)
 			c.send(subscribeMsg(false, "", wideSub, nil))
 		}, 4400, "id", ""},
+		{"connection_init payload not an object", "graphql-transport-ws", func(c *client) {
+			c.send(`{"type":"connection_init","payload":"x"}`)
+		}, 4400, "not an object", ""},
+		{"subscribe payload not an object", "graphql-transport-ws", func(c *client) {
+			c.init(apptest.AuthA)
+			c.send(`{"id":"1","type":"subscribe","payload":"x"}`)
+		}, 4400, "invalid subscribe payload", ""},
+		{"legacy message type", "graphql-transport-ws", func(c *client) {
+			c.init(apptest.AuthA)
+			c.send(subscribeMsg(true, "1", wideSub, nil))
+		}, 4400, `invalid message type "start"`, ""},
 		{"subscribe before connection_init", "graphql-transport-ws", func(c *client) { c.send(subscribeMsg(false, "1", wideSub, nil)) }, 4401, "Unauthorized", ""},
 		{"wrong credentials", "graphql-transport-ws", func(c *client) {
 			c.send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "User x, Organization y"}})
@@ -192,6 +204,16 @@ func TestCloseCodes(t *testing.T) {
 			c.send(subscribeMsg(false, "a", wideSub, nil))
 		}, 4409, "Subscriber for a already exists", ""},
 		{"legacy: unknown type", "graphql-ws", func(c *client) { c.send(`{"type":"subscribe","id":"1"}`) }, 4400, "invalid message type", "connection_error"},
+		{"legacy: not JSON", "graphql-ws", func(c *client) { c.send("{nope") }, 4400, "invalid message", "connection_error"},
+		{"legacy: ping is not its message", "graphql-ws", func(c *client) {
+			c.init(apptest.AuthA)
+			c.send(`{"type":"ping"}`)
+		}, 4400, `invalid message type "ping"`, "connection_error"},
+		{"legacy: start without an id", "graphql-ws", func(c *client) {
+			c.init(apptest.AuthA)
+			c.send(subscribeMsg(true, "", wideSub, nil))
+		}, 4400, "id", "connection_error"},
+		{"legacy: no credentials", "graphql-ws", func(c *client) { c.send(`{"type":"connection_init"}`) }, 4401, "Unauthorized", "connection_error"},
 		{"legacy: start before connection_init", "graphql-ws", func(c *client) { c.send(subscribeMsg(true, "1", wideSub, nil)) }, 4401, "Unauthorized", ""},
 		{"legacy: wrong credentials", "graphql-ws", func(c *client) {
 			c.send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "User x, Organization y"}})
@@ -259,16 +281,19 @@ func TestConnectionCapAndShutdown(t *testing.T) {
 		}
 	}
 
-	// Shutdown closes with 4499.
+	// Shutdown closes with 4499, both protocols.
 	c := dial(t, g, "graphql-transport-ws", http.Header{"Authorization": {g.NewOrg(t, "C")}})
 	c.init("")
+	legacy := dial(t, g, "graphql-ws", nil)
+	legacy.init(g.NewOrg(t, "D"))
 	stopped := make(chan struct{})
 	go func() { g.Stop(); close(stopped) }()
-	code, _ := c.closed(10 * time.Second)
-	<-stopped
-	if code != 4499 {
-		t.Fatalf("at shutdown: closed %d, want 4499", code)
+	for _, c := range []*client{c, legacy} {
+		if code, why := c.closed(10 * time.Second); code != 4499 || !strings.Contains(why, "shutting down") {
+			t.Fatalf("at shutdown: closed %d %q, want 4499", code, why)
+		}
 	}
+	<-stopped
 }
 
 // TestKeepAlive: pings answered, pings sent from the shared timer, ka for
@@ -304,6 +329,9 @@ func TestKeepAlive(t *testing.T) {
 	for range 3 {
 		legacy.expect("ka")
 	}
+	// The legacy protocol acknowledges a second connection_init (graphql-
+	// transport-ws closes with 4429: TestCloseCodes).
+	legacy.init(apptest.AuthA)
 
 	// Never answering: closed after eight intervals without a word.
 	silent := dial(t, g, "graphql-transport-ws", nil)
@@ -536,5 +564,44 @@ func TestEndedByInstanceLogsNoError(t *testing.T) {
 	}
 	if logs := g.Logs.String(); strings.Contains(logs, "level=ERROR") {
 		t.Fatalf("ending subscriptions logged errors:\n%s", logs)
+	}
+}
+
+// TestStoreOutageCloses4500: 4500 is an internal failure, and the one that
+// closes a socket is connection_init's credentials lookup failing (here the
+// store, an external FerretDB, is gone); the legacy protocol gets a
+// connection_error first. Credentials are not refused: the client may retry.
+func TestStoreOutageCloses4500(t *testing.T) {
+	uri, stop, err := store.StartEmbedded(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			stop()
+		}
+	})
+	// A short server selection, so a lookup fails fast once the store is gone.
+	g := apptest.Start(t, "", map[string]string{"MONGODB_URI": uri + "?serverSelectionTimeoutMS=300", "MONGODB_DATABASE": "ls_outage",
+		"SECRET_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="})
+	stop()
+	stopped = true
+	for _, proto := range []string{"graphql-transport-ws", "graphql-ws"} {
+		c := dial(t, g, proto, nil)
+		c.t = t
+		// Credentials never seen, so not remembered: they must be looked up.
+		c.send(map[string]any{"type": "connection_init", "payload": map[string]any{"Authorization": "User usr_" + proto + ", Organization org_" + proto}})
+		if proto == "graphql-ws" {
+			if f := c.expect("connection_error"); !strings.Contains(string(f.Payload), "INTERNAL") {
+				t.Fatalf("%s: connection_error %s", proto, f.Payload)
+			}
+		}
+		if code, why := c.closed(10 * time.Second); code != 4500 || why != "internal error" {
+			t.Fatalf("%s: closed %d %q, want 4500 internal error", proto, code, why)
+		}
+	}
+	if !strings.Contains(g.Logs.String(), "websocket auth") {
+		t.Fatal("the failure is not in the log")
 	}
 }
