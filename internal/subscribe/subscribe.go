@@ -969,18 +969,28 @@ func (c *conn) start(id string, payload json.RawMessage) {
 	c.subs++
 	c.mu.Unlock()
 	rctx, cancel := context.WithCancel(c.who)
+	// Set before any of its frames exist: the writer may release the op.
+	o.cancel = cancel
 	sub, rp, err := c.s.o.Events.Attach(rctx, st.Filter, st.After, o)
 	if err != nil {
 		cancel()
 		o.End(err)
 		return
 	}
+	// The writer may have stopped the op already (an event it could not
+	// render), before the subscription was known to it.
+	c.mu.Lock()
 	o.sub = sub
-	if rp == nil {
-		cancel()
+	stopped := o.stopped.Load()
+	c.mu.Unlock()
+	if stopped {
+		sub.Close()
 		return
 	}
-	o.cancel = cancel
+	if rp == nil {
+		cancel() // live: nothing waits on rctx
+		return
+	}
 	c.s.wg.Add(1)
 	go c.replay(rctx, o, rp)
 }
@@ -1121,8 +1131,11 @@ func (c *conn) stop(id string) {
 
 // release lets go of what a stopped operation holds.
 func (o *op) release() {
-	if o.sub != nil {
-		o.sub.Close()
+	o.c.mu.Lock()
+	sub := o.sub
+	o.c.mu.Unlock()
+	if sub != nil {
+		sub.Close()
 	}
 	if o.cancel != nil {
 		o.cancel()
