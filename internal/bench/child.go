@@ -51,14 +51,17 @@ const (
 
 // childCmd is one request to the client process.
 type childCmd struct {
-	Op    string         `json:"op"` // open, watch, reset, stats, close, rss, quit
-	Group int            `json:"group,omitempty"`
-	URL   string         `json:"url,omitempty"` // ws:// URL for open
-	N     int            `json:"n,omitempty"`
-	Auth  string         `json:"auth,omitempty"`
-	Query string         `json:"query,omitempty"`
-	Vars  map[string]any `json:"vars,omitempty"`
-	On    bool           `json:"on,omitempty"` // watch on/off, record on/off
+	Op    string `json:"op"` // open, watch, reset, stats, close, rss, quit
+	Group int    `json:"group,omitempty"`
+	URL   string `json:"url,omitempty"` // ws:// URL for open
+	N     int    `json:"n,omitempty"`
+	// PerConn is how many subscriptions each connection of open starts
+	// (ids 1, 2, …; at least one).
+	PerConn int            `json:"perConn,omitempty"`
+	Auth    string         `json:"auth,omitempty"`
+	Query   string         `json:"query,omitempty"`
+	Vars    map[string]any `json:"vars,omitempty"`
+	On      bool           `json:"on,omitempty"` // watch on/off, record on/off
 	// AckDelayUs[n] is (202 received − sent) of event n in µs, or < 0 when
 	// event n was not accepted; stats then also reports accepted→received.
 	AckDelayUs []int64 `json:"ackDelayUs,omitempty"`
@@ -415,9 +418,11 @@ func dialSub(g *group, cmd childCmd) (*wsClient, error) {
 			return fail(fmt.Errorf("waiting for connection_ack, got %s", b))
 		}
 	}
-	sub := map[string]any{"id": "1", "type": "subscribe", "payload": map[string]any{"query": cmd.Query, "variables": cmd.Vars}}
-	if err := conn.WriteJSON(sub); err != nil {
-		return fail(fmt.Errorf("subscribe: %w", err))
+	for i := range max(cmd.PerConn, 1) {
+		sub := map[string]any{"id": fmt.Sprint(i + 1), "type": "subscribe", "payload": map[string]any{"query": cmd.Query, "variables": cmd.Vars}}
+		if err := conn.WriteJSON(sub); err != nil {
+			return fail(fmt.Errorf("subscribe: %w", err))
+		}
 	}
 	conn.SetReadDeadline(time.Time{})
 	conn.SetWriteDeadline(time.Time{})

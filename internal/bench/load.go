@@ -356,7 +356,12 @@ func measureLatency(ctx context.Context, cp *clientProc, grp, subs int, produce 
 // openSubs opens n subscriptions in the client process and waits until the
 // server counts them all.
 func openSubs(ctx context.Context, cp *clientProc, url string, vars map[string]any, n int, count func() (int, error), want int) (int, error) {
-	res, err := cp.call(childCmd{Op: "open", URL: url, N: n, Auth: benchAuth, Query: subscriptionQuery, Vars: vars})
+	return openConns(ctx, cp, url, vars, n, 1, count, want)
+}
+
+// openConns opens n connections with perConn subscriptions each.
+func openConns(ctx context.Context, cp *clientProc, url string, vars map[string]any, n, perConn int, count func() (int, error), want int) (int, error) {
+	res, err := cp.call(childCmd{Op: "open", URL: url, N: n, PerConn: perConn, Auth: benchAuth, Query: subscriptionQuery, Vars: vars})
 	if err != nil {
 		if res.Group != 0 {
 			_, _ = cp.call(childCmd{Op: "close", Group: res.Group})
@@ -397,15 +402,38 @@ func waitCount(ctx context.Context, count func() (int, error), want int, timeout
 
 // ---- memory ----
 
+// IdleSet is one idle measurement: Conns connections with PerConn
+// subscriptions each.
+type IdleSet struct {
+	Conns   int `json:"connections"`
+	PerConn int `json:"perConnection"`
+}
+
+// Subs is the number of subscriptions of the set.
+func (s IdleSet) Subs() int { return s.Conns * s.PerConn }
+
+func (s IdleSet) String() string {
+	if s.PerConn == 1 {
+		return fmt.Sprint(s.Conns)
+	}
+	return fmt.Sprintf("%dx%d", s.Conns, s.PerConn)
+}
+
 // MemResult is the cost of n idle subscriptions on the server side.
 type MemResult struct {
-	Subs            int     `json:"subscriptions"`
-	RSSBeforeKiB    int64   `json:"rssBeforeKiB"`
-	RSSAfterKiB     int64   `json:"rssAfterKiB"`
-	RSSPerSubKiB    float64 `json:"rssPerSubKiB"`
-	HeapPerSubKiB   float64 `json:"heapPerSubKiB"`  // Go heap in use
-	StackPerSubKiB  float64 `json:"stackPerSubKiB"` // goroutine stacks in use
-	GoroutinesPer   float64 `json:"goroutinesPerSub"`
+	Set            IdleSet `json:"set"`
+	Subs           int     `json:"subscriptions"`
+	RSSBeforeKiB   int64   `json:"rssBeforeKiB"`
+	RSSAfterKiB    int64   `json:"rssAfterKiB"`
+	RSSPerSubKiB   float64 `json:"rssPerSubKiB"`
+	HeapPerSubKiB  float64 `json:"heapPerSubKiB"`  // Go heap in use
+	StackPerSubKiB float64 `json:"stackPerSubKiB"` // goroutine stacks in use
+	GoroutinesPer  float64 `json:"goroutinesPerSub"`
+	RSSPerConnKiB  float64 `json:"rssPerConnKiB"`
+	GoroutinesConn float64 `json:"goroutinesPerConn"`
+	// ExtraGoroutines names what started the goroutines beyond one per
+	// connection, by creating function.
+	ExtraGoroutines string  `json:"extraGoroutines,omitempty"`
 	ClientRSSPerKiB float64 `json:"clientRssPerConnKiB"` // the client process, for reference
 	OpenSeconds     float64 `json:"openSeconds"`
 	Skipped         string  `json:"skipped,omitempty"`
@@ -416,15 +444,20 @@ type memSnap struct {
 	heap       uint64
 	stack      uint64
 	goroutines int
+	by         map[string]int
 }
 
-// snapshot settles the process first: goroutines that are ending end, a
-// full GC runs and freed memory goes back to the OS, so RSS is what is live.
+// snapshot settles the process first: goroutines that are ending end, no
+// websocket writer is writing (the shared keep-alive tick queues a ping on
+// every connection at once, and each connection's writer exists until its
+// ping is written: counted then, those would be writers of a moment, not of
+// an idle subscription), a full GC runs and freed memory goes back to the
+// OS, so RSS is what is live.
 func snapshot() memSnap {
 	prev, stable := -1, 0
-	for range 100 {
+	for range 250 {
 		n := runtime.NumGoroutine()
-		if n == prev {
+		if n == prev && writersInFlight() == 0 {
 			stable++
 			if stable >= 3 {
 				break
@@ -439,19 +472,21 @@ func snapshot() memSnap {
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return memSnap{rss: readRSSKiB(), heap: ms.HeapInuse, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
+	return memSnap{rss: readRSSKiB(), heap: ms.HeapInuse, stack: ms.StackInuse, goroutines: runtime.NumGoroutine(), by: goroutinesByCreator()}
 }
 
-// measureIdle opens n idle subscriptions and reports this process's growth.
-func measureIdle(ctx context.Context, cp *clientProc, url string, vars map[string]any, n int, count func() (int, error), heapProfile string) (MemResult, error) {
-	r := MemResult{Subs: n}
+// measureIdle opens an idle set and reports this process's growth. count
+// is what the server counts: subscriptions, or connections (the raw hub).
+func measureIdle(ctx context.Context, cp *clientProc, url string, vars map[string]any, set IdleSet, count func() (int, error), want int, heapProfile string) (MemResult, error) {
+	n := set.Subs()
+	r := MemResult{Set: set, Subs: n}
 	c0, err := cp.call(childCmd{Op: "rss"})
 	if err != nil {
 		return r, err
 	}
 	before := snapshot()
 	t := time.Now()
-	grp, err := openSubs(ctx, cp, url, vars, n, count, n)
+	grp, err := openConns(ctx, cp, url, vars, set.Conns, set.PerConn, count, want)
 	if err != nil {
 		return r, err
 	}
@@ -477,7 +512,11 @@ func measureIdle(ctx context.Context, cp *clientProc, url string, vars map[strin
 	r.HeapPerSubKiB = (float64(after.heap) - float64(before.heap)) / 1024 / fn
 	r.StackPerSubKiB = (float64(after.stack) - float64(before.stack)) / 1024 / fn
 	r.GoroutinesPer = float64(after.goroutines-before.goroutines) / fn
-	r.ClientRSSPerKiB = float64(c1.RSSKiB-c0.RSSKiB) / fn
+	cn := float64(set.Conns)
+	r.RSSPerConnKiB = float64(after.rss-before.rss) / cn
+	r.GoroutinesConn = float64(after.goroutines-before.goroutines) / cn
+	r.ExtraGoroutines = creatorDiff(before.by, after.by, 4)
+	r.ClientRSSPerKiB = float64(c1.RSSKiB-c0.RSSKiB) / float64(set.Conns)
 	return r, nil
 }
 

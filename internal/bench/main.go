@@ -58,13 +58,23 @@
 //     gateway publishes before it writes the 202). A subscriber dropped for
 //     lagging in this open-loop phase is reported in the notes.
 //
-//   - Idle memory (measureIdle): N idle subscriptions (-idle) opened from the
-//     client process; this process's VmRSS and goroutine count are read
-//     before and after, each time after goroutines settle, a full GC and
-//     debug.FreeOSMemory, so RSS is live memory; the difference divided by N
-//     is the per-subscription cost on the server side only. The raw baseline
-//     is measured the same way, and the client process's own growth is
-//     reported for reference.
+//   - Idle memory (measureIdle): idle sets (-idle) of C connections with K
+//     subscriptions each, opened from the client process; this process's
+//     VmRSS and goroutine count are read before and after, each time after
+//     goroutines settle with no websocket writer in flight (the shared
+//     keep-alive tick starts one per connection for a moment), a full GC and
+//     debug.FreeOSMemory, so RSS is live memory; the difference divided by
+//     C×K is the per-subscription cost on the server side only, divided by
+//     C the per-connection cost. The raw baseline (one gorilla connection,
+//     no subscriptions) is measured at the same C, and the client process's
+//     own growth is reported for reference. A warm-up set is opened and
+//     closed first: the store's connection pool grows once while
+//     subscriptions open concurrently (bounded, shared, not per
+//     subscription). 50,000 subscriptions are
+//     measured as 10,000 connections × 5: RLIMIT_NOFILE's hard limit here is
+//     20,000 and raising it needs CAP_SYS_RESOURCE, so 50,000 connections
+//     cannot exist in one process; 10,000 as 2,000 × 5 beside it is the like
+//     for like for "not growing", and 10,000 × 1 is kept.
 //
 //   - History (history.go), last, on a second gateway: its log is seeded
 //     directly with atomic pages of 1,000 (half for the measured instance,
@@ -91,6 +101,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -109,7 +120,7 @@ type Options struct {
 	Quick         bool
 	JSONPath      string
 	Subs          int
-	Idle          []int
+	Idle          []IdleSet
 	Posters       []int
 	FanoutPosters int // concurrent webhook posters in the fan-out phases
 	Window        int // events producers may run ahead of the slowest subscriber
@@ -147,7 +158,7 @@ func (o Options) runs(phase string) bool { return len(o.Only) == 0 || slices.Con
 // smoke test (about 25 s).
 func DefaultOptions(quick bool) Options {
 	o := Options{
-		JSONPath: "bench-results.json", Subs: 1000, Idle: []int{10000, 50000}, Posters: []int{1, 16, 64},
+		JSONPath: "bench-results.json", Subs: 1000, Idle: []IdleSet{{10000, 1}, {2000, 5}, {10000, 5}}, Posters: []int{1, 16, 64},
 		FanoutPosters: 16, Window: 128, BrokerBuffer: 256,
 		HistoryEvents: 1_000_000, IngestWarm: 500 * time.Millisecond, IngestDur: 5 * time.Second,
 		FanoutWarm: time.Second, FanoutDur: 8 * time.Second, LatencyDur: 5 * time.Second, LatencyRuns: 5,
@@ -155,7 +166,7 @@ func DefaultOptions(quick bool) Options {
 	}
 	if quick {
 		o.Quick = true
-		o.Subs, o.Idle, o.Posters = 200, []int{1000, 2000}, []int{1, 16}
+		o.Subs, o.Idle, o.Posters = 200, []IdleSet{{1000, 1}, {400, 5}, {2000, 5}}, []int{1, 16}
 		o.HistoryEvents, o.IngestWarm, o.IngestDur = 100_000, 300*time.Millisecond, 2*time.Second
 		o.FanoutWarm, o.FanoutDur, o.LatencyDur, o.LatencyRuns = 500*time.Millisecond, 2*time.Second, 3*time.Second, 2
 	}
@@ -169,7 +180,7 @@ func main() {
 	quick := flag.Bool("quick", false, "small sizes and short phases (a smoke test, under a minute)")
 	jsonPath := flag.String("json", "bench-results.json", "where to write the results as JSON")
 	subs := flag.Int("subs", 0, "subscribers in the fan-out phases (default 1000, -quick 200)")
-	idle := flag.String("idle", "", "idle subscription counts for the memory phase (default 10000,50000; -quick 1000,2000); a count over what RLIMIT_NOFILE allows is measured at the largest that fits")
+	idle := flag.String("idle", "", "idle sets for the memory phase: connections, or connections x subscriptions per connection (default 10000,2000x5,10000x5; -quick 1000,400x5,2000x5); more connections than RLIMIT_NOFILE allows are measured at the most that fit")
 	posters := flag.String("posters", "", "concurrent webhook posters for the ingest phase (default 1,16,64; -quick 1,16)")
 	cpuprofile := flag.String("cpuprofile", "", "profile the gateway side (this process) under load: writes `FILE`.ingest (webhook ingest phases) and FILE.fanout (fan-out maximum and latency phases)")
 	memprofile := flag.String("memprofile", "", "write a heap profile while the largest idle set is open")
@@ -182,7 +193,7 @@ func main() {
 	}
 	var err error
 	if *idle != "" {
-		if o.Idle, err = intList(*idle); err != nil {
+		if o.Idle, err = idleSets(*idle); err != nil {
 			fatal(fmt.Errorf("-idle: %w", err))
 		}
 	}
@@ -225,6 +236,25 @@ func fatal(err error) {
 	os.Exit(1)
 }
 
+// idleSets parses "10000,2000x5": connections, each with one subscription
+// or with the number after the x.
+func idleSets(s string) ([]IdleSet, error) {
+	var out []IdleSet
+	for f := range strings.SplitSeq(s, ",") {
+		c, k, found := strings.Cut(strings.TrimSpace(f), "x")
+		set := IdleSet{PerConn: 1}
+		var err error
+		if set.Conns, err = strconv.Atoi(c); err == nil && found {
+			set.PerConn, err = strconv.Atoi(k)
+		}
+		if err != nil || set.Conns <= 0 || set.PerConn <= 0 {
+			return nil, fmt.Errorf("%q is not connections or connections x subscriptions", f)
+		}
+		out = append(out, set)
+	}
+	return out, nil
+}
+
 func intList(s string) ([]int, error) {
 	var out []int
 	for f := range strings.SplitSeq(s, ",") {
@@ -265,17 +295,17 @@ type Machine struct {
 
 // Settings are the sizes used.
 type Settings struct {
-	Quick         bool    `json:"quick"`
-	Subs          int     `json:"subscribers"`
-	Idle          []int   `json:"idle"`
-	Posters       []int   `json:"posters"`
-	FanoutPosters int     `json:"fanoutPosters"`
-	Window        int     `json:"window"`
-	BrokerBuffer  int     `json:"brokerBuffer"`
-	HistoryEvents int     `json:"historyEvents"`
-	IngestSec     float64 `json:"ingestSeconds"`
-	FanoutSec     float64 `json:"fanoutSeconds"`
-	LatencySec    float64 `json:"latencySeconds"`
+	Quick         bool      `json:"quick"`
+	Subs          int       `json:"subscribers"`
+	Idle          []IdleSet `json:"idle"`
+	Posters       []int     `json:"posters"`
+	FanoutPosters int       `json:"fanoutPosters"`
+	Window        int       `json:"window"`
+	BrokerBuffer  int       `json:"brokerBuffer"`
+	HistoryEvents int       `json:"historyEvents"`
+	IngestSec     float64   `json:"ingestSeconds"`
+	FanoutSec     float64   `json:"fanoutSeconds"`
+	LatencySec    float64   `json:"latencySeconds"`
 }
 
 // Figure is one line of the table.
@@ -531,52 +561,74 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	// 5. Idle subscriptions.
-	// A size over what RLIMIT_NOFILE allows (raised to its hard limit here;
-	// raising that needs CAP_SYS_RESOURCE) is reported as skipped and
-	// measured at the largest size that fits instead.
-	var sizes []int
-	for _, n := range o.Idle {
+	// A set of more connections than RLIMIT_NOFILE allows (raised to its
+	// hard limit here; raising that needs CAP_SYS_RESOURCE) is reported as
+	// skipped and measured at the most connections that fit instead.
+	fits := func(c int) bool { return uint64(c)+1024 <= res.Machine.FileLimit }
+	var sets []IdleSet
+	for _, set := range o.Idle {
 		if !o.runs("idle") {
 			break
 		}
-		sizes = append(sizes, n)
-		if need := uint64(n) + 1024; res.Machine.FileLimit < need && res.Machine.FileLimit > 2048 {
-			fit := int(res.Machine.FileLimit-1024) / 1000 * 1000
-			if fit > 0 && !slices.Contains(o.Idle, fit) && fit > slices.Max(append([]int{0}, sizes[:len(sizes)-1]...)) {
-				sizes = append(sizes, fit)
+		sets = append(sets, set)
+		if !fits(set.Conns) && res.Machine.FileLimit > 2048 {
+			fit := IdleSet{Conns: int(res.Machine.FileLimit-1024) / 1000 * 1000, PerConn: set.PerConn}
+			if fit.Conns > 0 && !slices.Contains(o.Idle, fit) && !slices.Contains(sets, fit) {
+				sets = append(sets, fit)
 			}
 		}
 	}
-	largest := 0
-	for _, n := range sizes {
-		if uint64(n)+1024 <= res.Machine.FileLimit {
-			largest = max(largest, n)
+	largest := IdleSet{}
+	for _, set := range sets {
+		if fits(set.Conns) && set.Subs() > largest.Subs() {
+			largest = set
 		}
 	}
-	for _, n := range sizes {
-		pair := IdlePair{Gateway: MemResult{Subs: n}, Raw: MemResult{Subs: n}}
-		if need := uint64(n) + 1024; res.Machine.FileLimit < need {
-			msg := fmt.Sprintf("RLIMIT_NOFILE hard limit is %d, %d idle subscriptions need about %d descriptors per process", res.Machine.FileLimit, n, need)
+	// Warm-up: opening subscriptions concurrently grows the store's
+	// connection pool (MaxPoolSize 64; FerretDB runs three goroutines per
+	// connection), once; counted in the first set, that fixed cost would
+	// read as a cost per subscription.
+	if len(sets) > 0 {
+		warm := IdleSet{Conns: min(1000, sets[0].Conns), PerConn: 1}
+		logf("idle memory: warm-up, %d gateway subscriptions", warm.Subs())
+		if w, err := measureIdle(ctx, cp, gwWS, vars, warm, gwCount, warm.Subs(), ""); err != nil {
+			fail("gateway idle warm-up", err)
+		} else {
+			logf("  goroutines started by: %s", w.ExtraGoroutines)
+			res.Notes = append(res.Notes, "idle warm-up (not counted), goroutines started by: "+w.ExtraGoroutines)
+		}
+	}
+	rawAt := map[int]MemResult{} // by connections: the raw hub has no subscriptions
+	for _, set := range sets {
+		pair := IdlePair{Gateway: MemResult{Set: set, Subs: set.Subs()}, Raw: MemResult{Set: IdleSet{set.Conns, 1}, Subs: set.Conns}}
+		if !fits(set.Conns) {
+			msg := fmt.Sprintf("RLIMIT_NOFILE hard limit is %d, %d connections need about %d descriptors per process", res.Machine.FileLimit, set.Conns, set.Conns+1024)
 			pair.Gateway.Skipped, pair.Raw.Skipped = msg, msg
-			res.Notes = append(res.Notes, fmt.Sprintf("idle %d not measured: %s", n, msg))
+			res.Notes = append(res.Notes, fmt.Sprintf("idle %d (%s) not measured: %s", set.Subs(), set, msg))
 			res.Details.Idle = append(res.Details.Idle, pair)
 			continue
 		}
 		heap := ""
-		if n == largest {
+		if set == largest {
 			heap = o.MemProfile
 		}
-		logf("idle memory: %d gateway subscriptions", n)
-		if pair.Gateway, err = measureIdle(ctx, cp, gwWS, vars, n, gwCount, heap); err != nil {
-			fail(fmt.Sprintf("gateway idle %d", n), err)
+		logf("idle memory: %d gateway subscriptions, %d connections × %d", set.Subs(), set.Conns, set.PerConn)
+		if pair.Gateway, err = measureIdle(ctx, cp, gwWS, vars, set, gwCount, set.Subs(), heap); err != nil {
+			fail(fmt.Sprintf("gateway idle %s", set), err)
 		} else {
-			logf("  %.1f KiB RSS, %.2f goroutines per subscription (opened in %.1fs)", pair.Gateway.RSSPerSubKiB, pair.Gateway.GoroutinesPer, pair.Gateway.OpenSeconds)
+			logf("  %.1f KiB RSS, %.2f goroutines per subscription; %.1f KiB, %.2f goroutines per connection (opened in %.1fs); goroutines started by: %s",
+				pair.Gateway.RSSPerSubKiB, pair.Gateway.GoroutinesPer, pair.Gateway.RSSPerConnKiB, pair.Gateway.GoroutinesConn, pair.Gateway.OpenSeconds, pair.Gateway.ExtraGoroutines)
 		}
-		logf("idle memory: %d raw connections", n)
-		if pair.Raw, err = measureIdle(ctx, cp, wsURL(hub.url)+"/", nil, n, hubCount, ""); err != nil {
-			fail(fmt.Sprintf("raw idle %d", n), err)
+		if raw, ok := rawAt[set.Conns]; ok {
+			pair.Raw = raw
 		} else {
-			logf("  %.1f KiB RSS, %.2f goroutines per connection", pair.Raw.RSSPerSubKiB, pair.Raw.GoroutinesPer)
+			logf("idle memory: %d raw connections", set.Conns)
+			if pair.Raw, err = measureIdle(ctx, cp, wsURL(hub.url)+"/", nil, IdleSet{set.Conns, 1}, hubCount, set.Conns, ""); err != nil {
+				fail(fmt.Sprintf("raw idle %d", set.Conns), err)
+			} else {
+				logf("  %.1f KiB RSS, %.2f goroutines per connection", pair.Raw.RSSPerSubKiB, pair.Raw.GoroutinesPer)
+				rawAt[set.Conns] = pair.Raw
+			}
 		}
 		res.Details.Idle = append(res.Details.Idle, pair)
 	}
@@ -683,37 +735,67 @@ func (r *Result) buildFigures(o Options) {
 	}
 
 	// Idle memory: at most 24 KiB per subscription at every size measured,
-	// not growing from the smallest to the largest, at most one goroutine.
-	var measured []MemResult
+	// not growing from the smallest to the largest set with as many
+	// subscriptions per connection, at most one goroutine per subscription.
+	measured := map[int][]MemResult{} // by subscriptions per connection
+	several := false
 	for _, p := range d.Idle {
-		n := p.Gateway.Subs
-		f := Figure{Key: fmt.Sprintf("idle_rss_%d", n), Name: fmt.Sprintf("RSS per idle subscription, %d", n), Unit: "KiB",
-			Value: p.Gateway.RSSPerSubKiB, BaselineName: "raw gorilla conn", Baseline: p.Raw.RSSPerSubKiB,
-			Ratio: ratioOf(p.Gateway.RSSPerSubKiB, p.Raw.RSSPerSubKiB), Target: "≤ 24 KiB",
-			Result: judge(p.Gateway.RSSPerSubKiB > 0 && p.Gateway.RSSPerSubKiB <= 24)}
-		if p.Gateway.Skipped != "" {
-			f.Result, f.Note = "SKIP", p.Gateway.Skipped
-		} else {
-			measured = append(measured, p.Gateway)
+		g, set := p.Gateway, p.Gateway.Set
+		key, name := fmt.Sprint(set.Subs()), fmt.Sprint(set.Subs())
+		if set.PerConn > 1 {
+			key = fmt.Sprintf("%s_%dx%d", key, set.Conns, set.PerConn)
+			name = fmt.Sprintf("%d (%d conns × %d)", set.Subs(), set.Conns, set.PerConn)
+			several = true
 		}
+		f := Figure{Key: "idle_rss_" + key, Name: "RSS per idle subscription, " + name, Unit: "KiB",
+			Value: g.RSSPerSubKiB, Target: "≤ 24 KiB", Result: judge(g.RSSPerSubKiB > 0 && g.RSSPerSubKiB <= 24)}
+		if set.PerConn == 1 { // else the raw connection is no like for like per subscription: see per connection
+			f.BaselineName, f.Baseline, f.Ratio = "raw gorilla conn", p.Raw.RSSPerSubKiB, ratioOf(g.RSSPerSubKiB, p.Raw.RSSPerSubKiB)
+		}
+		if g.Skipped != "" {
+			f.Result, f.Note = "SKIP", g.Skipped
+			add(f)
+			continue
+		}
+		measured[set.PerConn] = append(measured[set.PerConn], g)
 		add(f)
-		if p.Gateway.Skipped == "" {
-			add(Figure{Key: fmt.Sprintf("idle_goroutines_%d", n), Name: fmt.Sprintf("goroutines per idle subscription, %d", n), Unit: "",
-				Value: p.Gateway.GoroutinesPer, BaselineName: "raw gorilla conn", Baseline: p.Raw.GoroutinesPer,
-				Ratio: ratioOf(p.Gateway.GoroutinesPer, p.Raw.GoroutinesPer), Target: "≤ 1", Result: judge(p.Gateway.GoroutinesPer <= 1.0)})
+		gf := Figure{Key: "idle_goroutines_" + key, Name: "goroutines per idle subscription, " + name, Unit: "",
+			Value: g.GoroutinesPer, Target: "≤ 1", Result: judge(g.GoroutinesPer <= 1.0)}
+		if set.PerConn == 1 {
+			gf.BaselineName, gf.Baseline, gf.Ratio = "raw gorilla conn", p.Raw.GoroutinesPer, ratioOf(g.GoroutinesPer, p.Raw.GoroutinesPer)
+		}
+		add(gf)
+		if set.PerConn > 1 {
+			add(Figure{Key: "idle_rss_conn_" + key, Name: fmt.Sprintf("RSS per idle connection with %d subscriptions, %d conns", set.PerConn, set.Conns), Unit: "KiB",
+				Value: g.RSSPerConnKiB, BaselineName: "raw gorilla conn", Baseline: p.Raw.RSSPerConnKiB, Ratio: ratioOf(g.RSSPerConnKiB, p.Raw.RSSPerConnKiB), Result: "info"})
+			add(Figure{Key: "idle_goroutines_conn_" + key, Name: fmt.Sprintf("goroutines per idle connection with %d subscriptions, %d conns", set.PerConn, set.Conns), Unit: "",
+				Value: g.GoroutinesConn, BaselineName: "raw gorilla conn", Baseline: p.Raw.GoroutinesConn, Ratio: ratioOf(g.GoroutinesConn, p.Raw.GoroutinesConn), Result: "info"})
 		}
 	}
-	if len(measured) >= 2 {
-		lo, hi := measured[0], measured[len(measured)-1]
+	for _, k := range slices.Sorted(maps.Keys(measured)) {
+		ms := measured[k]
+		if len(ms) < 2 {
+			continue
+		}
+		lo, hi := ms[0], ms[len(ms)-1]
 		rt := ratioOf(hi.RSSPerSubKiB, lo.RSSPerSubKiB)
-		add(Figure{Key: "idle_rss_growth", Name: fmt.Sprintf("RSS per idle subscription, %d vs %d", hi.Subs, lo.Subs), Unit: "KiB",
+		key := "idle_rss_growth"
+		if k > 1 {
+			key = fmt.Sprintf("idle_rss_growth_x%d", k)
+		}
+		add(Figure{Key: key, Name: fmt.Sprintf("RSS per idle subscription, %d vs %d (%d per conn)", hi.Subs, lo.Subs, k), Unit: "KiB",
 			Value: hi.RSSPerSubKiB, BaselineName: fmt.Sprintf("at %d", lo.Subs), Baseline: lo.RSSPerSubKiB, Ratio: rt,
 			Target: "≤ 1.1x (not growing)", Result: judge(rt <= 1.1)})
 	}
+	if several {
+		r.Notes = append(r.Notes, fmt.Sprintf("idle: sets of C conns × K subscriptions stand in for more subscriptions than connections can exist: "+
+			"RLIMIT_NOFILE's hard limit is %d here (raising it needs CAP_SYS_RESOURCE), so 50,000 idle subscriptions are 10,000 connections × 5, "+
+			"beside 10,000 as 2,000 × 5 (like for like, for not growing) and 10,000 × 1", r.Machine.FileLimit))
+	}
 	for _, p := range d.Idle {
-		if p.Gateway.Skipped == "" {
-			r.Notes = append(r.Notes, fmt.Sprintf("idle %d: gateway heap %.1f KiB + stacks %.1f KiB per subscription; client process %.1f KiB per connection",
-				p.Gateway.Subs, p.Gateway.HeapPerSubKiB, p.Gateway.StackPerSubKiB, p.Gateway.ClientRSSPerKiB))
+		if g := p.Gateway; g.Skipped == "" {
+			r.Notes = append(r.Notes, fmt.Sprintf("idle %d (%s): gateway heap %.1f KiB + stacks %.1f KiB per subscription; client process %.1f KiB per connection; goroutines started by: %s",
+				g.Subs, g.Set, g.HeapPerSubKiB, g.StackPerSubKiB, g.ClientRSSPerKiB, g.ExtraGoroutines))
 		}
 	}
 	if d.MessageBytes > 0 {

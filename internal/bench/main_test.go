@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 // that every figure was measured.
 func TestQuickRun(t *testing.T) {
 	o := DefaultOptions(true)
-	o.Subs, o.Idle, o.Posters, o.FanoutPosters = 20, []int{200}, []int{1, 4}, 4
+	o.Subs, o.Idle, o.Posters, o.FanoutPosters = 20, []IdleSet{{200, 1}, {200, 2}}, []int{1, 4}, 4
 	o.HistoryEvents, o.IngestWarm, o.IngestDur = 20_000, 200*time.Millisecond, time.Second
 	o.FanoutWarm, o.FanoutDur, o.LatencyDur = 300*time.Millisecond, time.Second, time.Second
 	o.JSONPath = filepath.Join(t.TempDir(), "bench.json")
@@ -40,6 +40,7 @@ func TestQuickRun(t *testing.T) {
 		"ingest_c1": true, "ingest_c4": true, "ingest_best": true, "fanout_events_in": true,
 		"fanout_msgs_delivered": true, "latency_rate": true, "latency_p50": true, "latency_p99": true,
 		"latency_max": true, "idle_rss_200": true, "idle_goroutines_200": true,
+		"idle_rss_400_200x2": true, "idle_goroutines_400_200x2": true, "idle_rss_conn_400_200x2": true,
 		"history_first": true, "history_after": true, "replay": true,
 	}
 	for _, f := range res.Figures {
