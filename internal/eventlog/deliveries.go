@@ -95,11 +95,24 @@ func (l *Log) initStates(ctx context.Context, evs []*events.Event) {
 	}
 }
 
-// FetchDeliveries waits up to wait for at most n delivery jobs.
+// FetchDeliveries returns at most n delivery jobs, waiting up to wait for
+// the first when none is pending. A fetch of n waits until n jobs arrived
+// or wait passed, so a single pending job would wait for nothing: what is
+// pending is taken at once, else one job as soon as it comes.
 func (l *Log) FetchDeliveries(ctx context.Context, n int, wait time.Duration) ([]events.DeliveryJob, error) {
+	out, err := l.fetchDeliveries(ctx, func() (jetstream.MessageBatch, error) { return l.notify.FetchNoWait(n) })
+	if err != nil || len(out) > 0 {
+		return out, err
+	}
 	fctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	batch, err := l.notify.Fetch(n, jetstream.FetchContext(fctx))
+	return l.fetchDeliveries(ctx, func() (jetstream.MessageBatch, error) {
+		return l.notify.Fetch(1, jetstream.FetchContext(fctx))
+	})
+}
+
+func (l *Log) fetchDeliveries(ctx context.Context, fetch func() (jetstream.MessageBatch, error)) ([]events.DeliveryJob, error) {
+	batch, err := fetch()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil
