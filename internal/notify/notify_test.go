@@ -109,7 +109,7 @@ func TestCallbackRequest(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			n := newNotifier(t, s, tg, notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond})
+			n := newNotifier(t, s, tg, notify.Options{RetryBase: 10 * time.Millisecond})
 			stop := start(t, n)
 			waitState(t, s, ev, events.DeliveryDelivered)
 			stop()
@@ -443,7 +443,7 @@ func TestGivesUpAfterMaxAttempts(t *testing.T) {
 			ev := addEvents(t, s, instanceID, 1)[0]
 			var obs observed
 			rec := &recorder{Log: s}
-			n := newNotifier(t, rec, tg, notify.Options{RetryBase: base, AttemptTimeout: 200 * time.Millisecond, Observe: obs.observe})
+			n := newNotifier(t, rec, tg, notify.Options{RetryBase: base, Observe: obs.observe})
 			stop := start(t, n)
 			d := waitState(t, s, ev, events.DeliveryFailed)
 			stop()
@@ -528,7 +528,7 @@ func TestResumesAfterRestart(t *testing.T) {
 	tg := newTargets()
 	tg.set("inst-restart", srv.URL, "k")
 	ev := addEvents(t, s, "inst-restart", 1)[0]
-	opts := notify.Options{RetryBase: 10 * time.Millisecond, AttemptTimeout: 200 * time.Millisecond}
+	opts := notify.Options{RetryBase: 10 * time.Millisecond}
 
 	stop := start(t, newNotifier(t, s, tg, opts))
 	waitFor(t, 10*time.Second, "two failed attempts", func() bool { return len(attempts(t, s, "inst-restart")) >= 2 })
