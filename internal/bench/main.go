@@ -589,7 +589,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	// connection), once; counted in the first set, that fixed cost would
 	// read as a cost per subscription.
 	if len(sets) > 0 {
-		warm := IdleSet{Conns: min(1000, sets[0].Conns), PerConn: 1}
+		// As many connections as the first set: a smaller warm-up left the
+		// pool short of the size the first set grows it to (51 vs 60).
+		warm := IdleSet{Conns: sets[0].Conns, PerConn: 1}
 		logf("idle memory: warm-up, %d gateway subscriptions", warm.Subs())
 		if w, err := measureIdle(ctx, cp, gwWS, vars, warm, gwCount, warm.Subs(), ""); err != nil {
 			fail("gateway idle warm-up", err)
