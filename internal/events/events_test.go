@@ -238,8 +238,10 @@ func (s *sink) seen() ([]int64, []error) {
 
 // ingestSeen ingests n events, each once a plain live subscription
 // (witness) got the one before: the broker offered them to every
-// subscription when it returns.
-func ingestSeen(t *testing.T, in *events.Ingester, witness *events.Subscription, n int) {
+// subscription when it returns (the witness may get an event while the
+// broker still offers it to the others under its lock: Count waits for that).
+func ingestSeen(t *testing.T, in *events.Ingester, b *events.Broker, witness *events.Subscription, n int) {
+	defer b.Count()
 	t.Helper()
 	for range n {
 		r, err := in.Ingest(context.Background(), draft("i1", ""))
@@ -265,7 +267,7 @@ func TestReplayHeldEvents(t *testing.T) {
 	in, l := pipeline(t, b)
 	f := events.Filter{OrgID: "o1", InstanceID: "i1"}
 	witness := b.Subscribe(f)
-	ingestSeen(t, in, witness, 60)
+	ingestSeen(t, in, b, witness, 60)
 	ctx := context.Background()
 	sk := &sink{}
 	sub, rp, err := events.Streamer{Broker: b, History: l, PageSize: 25}.Attach(ctx, f, events.FormatCursor(10), sk)
@@ -285,15 +287,15 @@ func TestReplayHeldEvents(t *testing.T) {
 		replayed = append(replayed, e.Seq)
 		switch e.Seq {
 		case 11: // the log is read up to 35: 61-65 will be both read and held
-			ingestSeen(t, in, witness, 5)
+			ingestSeen(t, in, b, witness, 5)
 		case 65: // read last: 66-68 are only held
-			ingestSeen(t, in, witness, 3)
+			ingestSeen(t, in, b, witness, 3)
 		}
 	}
 	if got, ended := sk.seen(); len(got) != 0 || len(ended) != 0 {
 		t.Fatalf("offered %v (ended %v) before it was live", got, ended)
 	}
-	ingestSeen(t, in, witness, 2)
+	ingestSeen(t, in, b, witness, 2)
 	var want []int64
 	for i := int64(11); i <= 68; i++ {
 		want = append(want, i)
@@ -313,7 +315,7 @@ func TestReplayOverflow(t *testing.T) {
 	in, l := pipeline(t, b)
 	f := events.Filter{OrgID: "o1", InstanceID: "i1"}
 	witness := b.Subscribe(f)
-	ingestSeen(t, in, witness, 3)
+	ingestSeen(t, in, b, witness, 3)
 	ctx := context.Background()
 	sk := &sink{}
 	sub, rp, err := events.Streamer{Broker: b, History: l}.Attach(ctx, f, events.FormatCursor(1), sk)
@@ -324,7 +326,7 @@ func TestReplayOverflow(t *testing.T) {
 	if e := rp.Next(ctx); e == nil || e.Seq != 2 {
 		t.Fatalf("first replayed %v", e)
 	}
-	ingestSeen(t, in, witness, 5)
+	ingestSeen(t, in, b, witness, 5)
 	if e := rp.Next(ctx); e != nil {
 		t.Fatalf("replayed %d after the overflow", e.Seq)
 	}
