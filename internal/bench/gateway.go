@@ -150,6 +150,12 @@ func (g *gateway) graphql(ctx context.Context, query string, vars map[string]any
 
 // liveSubscriptions reads the leadstream_live_subscriptions gauge.
 func (g *gateway) liveSubscriptions() (int, error) {
+	f, err := g.metric("leadstream_live_subscriptions")
+	return int(f), err
+}
+
+// metric reads one unlabelled figure off the gateway's /metrics.
+func (g *gateway) metric(name string) (float64, error) {
 	resp, err := g.http.Get(g.URL + "/metrics")
 	if err != nil {
 		return 0, err
@@ -158,13 +164,28 @@ func (g *gateway) liveSubscriptions() (int, error) {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, "leadstream_live_subscriptions "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-			return int(f), err
+		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(rest), 64)
 		}
 	}
-	return 0, fmt.Errorf("no leadstream_live_subscriptions in /metrics")
+	return 0, fmt.Errorf("no %s in /metrics", name)
+}
+
+// tailCaughtUp waits until the gateway's live tail has read the whole log,
+// so that what is timed next does not share the cores with a tail still
+// working through events seeded behind the gateway's back.
+func (g *gateway) tailCaughtUp(ctx context.Context) error {
+	for {
+		lag, err := g.metric("leadstream_live_tail_lag")
+		if err != nil || lag == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // post sends one webhook and reports whether it was accepted (202).

@@ -136,6 +136,9 @@ func measureHistory(ctx context.Context, g *gateway, large int, logf func(string
 		if len(cursors) < 100 {
 			return 0, 0, fmt.Errorf("history: only %d events seeded", len(cursors))
 		}
+		if err := g.tailCaughtUp(ctx); err != nil {
+			return 0, 0, fmt.Errorf("history: waiting for the live tail: %w", err)
+		}
 		after := events.FormatCursor(cursors[len(cursors)-60])
 		if firstMs, err = g.timeEvents(ctx, inst, ""); err != nil {
 			return 0, 0, err
@@ -161,6 +164,9 @@ func measureHistory(ctx context.Context, g *gateway, large int, logf func(string
 		return r, err
 	}
 
+	if err := g.tailCaughtUp(ctx); err != nil {
+		return r, fmt.Errorf("history: waiting for the live tail: %w", err)
+	}
 	r.ReplayEvents = min(10000, len(cursors)-1)
 	from := events.FormatCursor(cursors[len(cursors)-1-r.ReplayEvents])
 	d, err := g.timeReplay(ctx, inst, from, r.ReplayEvents)

@@ -79,7 +79,8 @@
 //   - History (history.go), last, on a second gateway: its log is seeded
 //     directly with atomic pages of 1,000 (half for the measured instance,
 //     half for another), to 1,000 and then to HistoryEvents (1,000,000)
-//     events; events(first: 50) from the start and with after 60 events
+//     events; once the gateway's live tail has read them all (its lag
+//     metric at 0: the tail is not what is measured), events(first: 50) from the start and with after 60 events
 //     before the instance's end are timed over GraphQL (15 calls to warm
 //     up, then the median of 15). Target: at the large size at most
 //     2x the time at 1,000 and under 50 ms. Then a subscription over SSE
