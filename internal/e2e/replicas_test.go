@@ -419,11 +419,11 @@ func TestReplicas(t *testing.T) {
 	cbCfg["event.notification.callback.url"] = cb.URL
 	cbID, cbHookPath := gs[2].createInstance(t, "callback", cbCfg)
 	// The poller reads from an instance's creation on, and Marketo dates
-	// activities to the second.
-	time.Sleep(1100 * time.Millisecond)
+	// activities to the second: these are dated after it.
+	after := time.Now().Add(time.Second)
 	const perInstance = 30
 	for i := range perInstance {
-		fm.AddLeadActivity([]int{12, 13}[i%2], 500+i)
+		fm.AddLeadActivityAt([]int{12, 13}[i%2], 500+i, after)
 	}
 
 	// Exactly one replica claims the Marketo host.

@@ -148,10 +148,10 @@ func TestPollerSurvivesRestarts(t *testing.T) {
 					"event.notification.enabled": "true", "event.poller.refresh_interval": "50ms"}}}, &created)
 			id := created.CreateInstance.ID
 			// The poller reads from the instance's creation on, and Marketo
-			// dates activities to the second.
-			time.Sleep(1100 * time.Millisecond)
+			// dates activities to the second: these are dated after it.
+			after := time.Now().Add(time.Second)
 			for i := range n {
-				fm.AddLeadActivity([]int{12, 13}[i%2], i/2+1)
+				fm.AddLeadActivityAt([]int{12, 13}[i%2], i/2+1, after)
 			}
 			deadline := time.Now().Add(60 * time.Second)
 			before := 0

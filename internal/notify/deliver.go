@@ -34,6 +34,16 @@ func (n *Notifier) handle(ctx context.Context, j events.DeliveryJob) {
 	ev := j.Event()
 	log := n.log.With("instance", ev.InstanceID, "event", ev.ID)
 	d, ok, err := n.queue.DeliveryState(ctx, ev.ID)
+	if err == nil && !ok {
+		// The append records the pending state just after the log took the
+		// event, so its job can come first. The state is recorded here,
+		// before any POST: an outcome is then always written over a
+		// revision read, never raced by the append's own record (which
+		// would send the job back and make the attempt twice).
+		if err = n.queue.SetDeliveryState(ctx, ev, events.Delivery{State: events.DeliveryPending}); err == nil || errors.Is(err, events.ErrDeliveryStateChanged) {
+			d, ok, err = n.queue.DeliveryState(ctx, ev.ID)
+		}
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Error("notify: reading delivery state", "err", err)

@@ -82,9 +82,17 @@ func (s *Server) addLocked(acts ...Activity) []Activity {
 // the primary attribute and attributes Marketo sends for that type, and
 // returns it as stored.
 func (s *Server) AddLeadActivity(typeID int, leadID int) Activity {
+	return s.AddLeadActivityAt(typeID, leadID, time.Time{})
+}
+
+// AddLeadActivityAt is AddLeadActivity dated at (now when zero): a test
+// can date activities after an instance's creation second without
+// waiting for the clock to get there.
+func (s *Server) AddLeadActivityAt(typeID int, leadID int, at time.Time) Activity {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := sampleActivity(typeID, int64(leadID), s.nextActivityID)
+	a.ActivityDate = at
 	return s.addLocked(a)[0]
 }
 
